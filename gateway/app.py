@@ -1,0 +1,109 @@
+"""create_app(): routes, middleware, error handlers and the lifespan."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import secrets
+from collections.abc import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from . import api, db, specs
+from .errors import GatewayError, InternalError, MethodNotAllowed, NotFound
+from .logs import request_id_var
+from .services import Services, make_http_client
+from .settings import Settings
+
+logger = logging.getLogger("gateway.app")
+
+REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+class RequestIdMiddleware:
+    """Takes a caller's X-Request-ID when it is well-formed, or makes one, and echoes it."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"x-request-id"), "")
+        request_id = given if REQUEST_ID.match(given) else "req_" + secrets.token_hex(8)
+        scope.setdefault("state", {})["request_id"] = request_id
+        token = request_id_var.set(request_id)
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message.setdefault("headers", []).append((b"x-request-id", request_id.encode()))
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            request_id_var.reset(token)
+
+
+def request_id(request: Request) -> str | None:
+    return getattr(request.state, "request_id", None)
+
+
+def error_response(request: Request, error: GatewayError) -> Response:
+    return JSONResponse(error.body(request_id(request)), status_code=error.status, headers=error.headers)
+
+
+async def gateway_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, GatewayError)
+    return error_response(request, exc)
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        return error_response(request, NotFound("There is nothing at this address."))
+    if exc.status_code == 405:
+        return error_response(request, MethodNotAllowed(f"{request.method} is not allowed here."))
+    error = GatewayError(exc.detail or "HTTP error")
+    error.code, error.status = "bad_request", exc.status_code
+    return error_response(request, error)
+
+
+async def server_error(request: Request, exc: Exception) -> Response:
+    logger.exception("unhandled error on %s %s", request.method, request.url.path)
+    return error_response(request, InternalError("The gateway failed to handle this request."))
+
+
+def create_app(settings: Settings, registry: specs.Registry | None = None) -> Starlette:
+    registry = registry if registry is not None else specs.registry_for(settings)
+    engine = db.make_engine(settings.database_url)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if settings.migrate_on_start:
+            db.upgrade(engine)
+        async with make_http_client(settings) as http:
+            app.state.services = Services.build(settings, engine, registry, http)
+            yield
+        engine.dispose()
+
+    app = Starlette(
+        routes=[*api.routes],
+        lifespan=lifespan,
+        exception_handlers={
+            GatewayError: gateway_error,
+            HTTPException: http_error,
+            Exception: server_error,
+        },
+    )
+    app.add_middleware(RequestIdMiddleware)
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.registry = registry
+    return app

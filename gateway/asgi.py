@@ -1,0 +1,11 @@
+"""The ASGI app built from the environment, for `gateway serve --workers N` and any ASGI server."""
+
+from __future__ import annotations
+
+from . import logs
+from .app import create_app
+from .settings import from_env
+
+_settings = from_env()
+logs.configure(_settings.log_level, _settings.log_json)
+app = create_app(_settings)

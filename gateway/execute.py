@@ -1,0 +1,168 @@
+"""The call pipeline: key → spec → params → connection and token → upstream → response."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any
+
+from . import connections, links, upstream
+from .errors import (
+    BadRequest,
+    GatewayError,
+    IntegrationNotConnected,
+    InternalError,
+    NotFound,
+    ScopeNotAllowed,
+    UpstreamTimeout,
+)
+from .keys import allows
+from .models import ApiKey, Connection
+from .runs import RunRecord
+from .services import Services
+from .specs import ApiKeyAuth, CompiledEndpoint, OAuth2Auth
+from .tokens import is_expired
+
+logger = logging.getLogger("gateway.execute")
+
+
+@dataclasses.dataclass
+class CallResult:
+    http_status: int
+    body: dict[str, Any]
+    headers: dict[str, str]
+
+
+def resolve(services: Services, key: ApiKey, integration: str, endpoint: str) -> CompiledEndpoint:
+    found = services.registry.endpoint(integration, endpoint)
+    if found is None:
+        if services.registry.get(integration) is None:
+            raise NotFound(f"There is no integration named '{integration}'.")
+        raise NotFound(f"{integration} has no endpoint named '{endpoint}'.")
+    if not allows(key, integration):
+        raise ScopeNotAllowed(
+            f"This API key may not use {found.integration.display_name}.",
+            action_url=links.api_key(services.settings, key.id or 0),
+        )
+    return found
+
+
+def load_connection(services: Services, key: ApiKey, endpoint: CompiledEndpoint) -> Connection:
+    integration = endpoint.integration
+    connection = connections.get(services.engine, key.user_id, integration.name)
+    if connection is None:
+        raise IntegrationNotConnected(
+            f"{integration.display_name} is not connected for this account.",
+            action_url=links.integration(services.settings, integration.name),
+        )
+    if connection.status != "connected":
+        raise services.tokens.expired_error(
+            integration, f"The {integration.display_name} connection must be reconnected."
+        )
+    return connection
+
+
+def _auth_parts(
+    services: Services, endpoint: CompiledEndpoint, connection: Connection
+) -> tuple[dict[str, str], list[tuple[str, str]]]:
+    auth = endpoint.integration.spec.auth
+    secret = services.tokens.access_token(connection)
+    if isinstance(auth, ApiKeyAuth):
+        value = auth.template.replace("{api_key}", secret)
+        if auth.placement == "query":
+            return {}, [(auth.name, value)]
+        return {auth.name: value}, []
+    return {"Authorization": f"Bearer {secret}"}, []
+
+
+def _base_url(services: Services, endpoint: CompiledEndpoint) -> str:
+    integration = endpoint.integration
+    return services.settings.overrides(integration.name).base_url or integration.spec.base_url
+
+
+async def _send(
+    services: Services, endpoint: CompiledEndpoint, params: dict[str, Any], connection: Connection, record: RunRecord
+) -> upstream.UpstreamResponse:
+    auth_headers, auth_query = _auth_parts(services, endpoint, connection)
+    request = upstream.build_request(
+        endpoint,
+        params,
+        base_url=_base_url(services, endpoint),
+        auth_headers=auth_headers,
+        auth_query=auth_query,
+        connection_extra=connection.extra,
+    )
+    if request.url.scheme != "https" and not services.settings.allow_http_upstreams:
+        raise BadRequest("The integration's base URL is not https; set GATEWAY_ALLOW_HTTP_UPSTREAMS to allow it.")
+    record.attempts += 1
+    return await upstream.send(services.http, request, services.settings.upstream_max_response_bytes)
+
+
+async def call(
+    services: Services, key: ApiKey, endpoint: CompiledEndpoint, params: dict[str, Any], record: RunRecord
+) -> CallResult:
+    """Runs one validated call. Raises GatewayError for what the gateway itself answers."""
+    integration = endpoint.integration
+    connection = load_connection(services, key, endpoint)
+    oauth = isinstance(integration.spec.auth, OAuth2Auth)
+    if oauth and is_expired(connection) and connection.refresh_token:
+        connection = await services.tokens.refresh(integration, connection)
+        record.refreshed = True
+
+    response = await _send(services, endpoint, params, connection, record)
+    if response.status == 401 and oauth:
+        if record.refreshed:
+            raise services.tokens.expired_error(
+                integration, f"{integration.display_name} still answered 401 after a token refresh; reconnect."
+            )
+        connection = await services.tokens.refresh(integration, connection)
+        record.refreshed = True
+        response = await _send(services, endpoint, params, connection, record)
+        if response.status == 401:
+            raise services.tokens.expired_error(
+                integration, f"{integration.display_name} still answered 401 after a token refresh; reconnect."
+            )
+
+    record.upstream_status = response.status
+    body: dict[str, Any] = {"status": response.status, "data": response.data}
+    if response.headers:
+        body["headers"] = response.headers
+    http_status = response.status
+    error_when = endpoint.spec.error_when
+    if (
+        error_when is not None
+        and isinstance(response.data, dict)
+        and response.data.get(error_when.field, object()) == error_when.equals
+    ):
+        message = str(response.data.get(error_when.message_field or "", "")) or "the upstream reported an error"
+        body["upstream_error"] = message
+        record.error_code = "upstream_error"
+        record.error_message = message[:500]
+        http_status = 502
+    return CallResult(http_status=http_status, body=body, headers=response.headers)
+
+
+async def execute(
+    services: Services, key: ApiKey, integration: str, endpoint_name: str, params: Any, record: RunRecord
+) -> CallResult:
+    """The whole direct call, recorded as a run whatever happens."""
+    record.user_id, record.api_key_id = key.user_id, key.id
+    record.integration, record.endpoint = integration, endpoint_name
+    try:
+        endpoint = resolve(services, key, integration, endpoint_name)
+        validated = upstream.validate_params(endpoint, params)
+        result = await call(services, key, endpoint, validated, record)
+    except GatewayError as exc:
+        record.error_code, record.error_message = exc.code, exc.message[:500]
+        record.finish("timeout" if isinstance(exc, UpstreamTimeout) else "failed", exc.status)
+        raise
+    except Exception:
+        logger.exception("call %s failed inside the gateway", record.id)
+        record.error_code, record.error_message = "internal_error", "internal error"
+        record.finish("failed", 500)
+        raise InternalError("The gateway failed to complete this call.") from None
+    ok = result.http_status < 400
+    if record.error_code is None and not ok:
+        record.error_code = "upstream_error"
+    record.finish("completed" if ok else "failed", result.http_status)
+    return result

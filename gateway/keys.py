@@ -1,0 +1,86 @@
+"""API keys: created once, stored only as a SHA-256 hash with a display prefix."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+
+from sqlalchemy import select, update
+from sqlalchemy.engine import Engine
+
+from .db import session
+from .models import ApiKey, utcnow
+
+KEY_PREFIX = "sk_"
+
+
+def generate() -> str:
+    # 32 random bytes: 256 bits.
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def hash_key(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def display_prefix(secret: str) -> str:
+    return secret[: len(KEY_PREFIX) + 6]
+
+
+def create(
+    engine: Engine,
+    user_id: int,
+    name: str = "",
+    integrations: list[str] | None = None,
+    daily_limit: int | None = None,
+    require_approval: bool = False,
+) -> tuple[ApiKey, str]:
+    """Returns the row and the secret; the secret is never stored or shown again."""
+    secret = generate()
+    key = ApiKey(
+        user_id=user_id,
+        name=name,
+        prefix=display_prefix(secret),
+        key_hash=hash_key(secret),
+        integrations=integrations,
+        daily_limit=daily_limit,
+        require_approval=require_approval,
+    )
+    with session(engine) as s:
+        s.add(key)
+        s.commit()
+        s.refresh(key)
+    return key, secret
+
+
+def authenticate(engine: Engine, secret: str) -> ApiKey | None:
+    if not secret.startswith(KEY_PREFIX) or len(secret) > 200:
+        return None
+    digest = hash_key(secret)
+    with engine.connect() as connection:
+        row = connection.execute(select(ApiKey).where(ApiKey.key_hash == digest, ApiKey.revoked_at.is_(None))).first()
+    if row is None:
+        return None
+    key = ApiKey(**row._mapping)
+    # The lookup is by hash; compare again in constant time so no timing path depends on the secret.
+    if not hmac.compare_digest(key.key_hash, digest):
+        return None
+    return key
+
+
+def touch(engine: Engine, key_id: int) -> None:
+    with engine.begin() as connection:
+        connection.execute(update(ApiKey).where(ApiKey.id == key_id).values(last_used_at=utcnow()))
+
+
+def allows(key: ApiKey, integration: str) -> bool:
+    return key.integrations is None or integration in key.integrations
+
+
+def revoke(engine: Engine, key_id: int, user_id: int | None = None) -> bool:
+    statement = update(ApiKey).where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
+    if user_id is not None:
+        statement = statement.where(ApiKey.user_id == user_id)
+    with engine.begin() as connection:
+        return connection.execute(statement.values(revoked_at=utcnow())).rowcount == 1

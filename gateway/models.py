@@ -1,0 +1,111 @@
+"""The gateway's tables. Secrets are stored encrypted (tokens) or hashed (API keys)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import time
+from typing import Any
+
+from sqlalchemy import JSON, Column, Index, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def new_id(prefix: str) -> str:
+    """A time-ordered id (48-bit milliseconds + 80 random bits), so ids sort by creation."""
+    return f"{prefix}_{int(time.time() * 1000):012x}{os.urandom(10).hex()}"
+
+
+class User(SQLModel, table=True):
+    __tablename__ = "users"
+
+    id: int | None = Field(default=None, primary_key=True)
+    email: str = Field(index=True, unique=True, max_length=320)
+    password_hash: str
+    plan: str = Field(default="free", max_length=64)
+    # Bumped on logout-everywhere and password change: sessions carry the value they saw.
+    session_version: int = 1
+    created_at: dt.datetime = Field(default_factory=utcnow)
+
+
+class ApiKey(SQLModel, table=True):
+    __tablename__ = "api_keys"
+
+    id: int | None = Field(default=None, primary_key=True)
+    user_id: int = Field(foreign_key="users.id", index=True)
+    name: str = Field(default="", max_length=200)
+    prefix: str = Field(max_length=32)
+    key_hash: str = Field(index=True, unique=True, max_length=64)
+    # None means every integration; otherwise the list of integration names.
+    integrations: list[str] | None = Field(default=None, sa_column=Column(JSON))
+    daily_limit: int | None = None
+    require_approval: bool = False
+    created_at: dt.datetime = Field(default_factory=utcnow)
+    last_used_at: dt.datetime | None = None
+    revoked_at: dt.datetime | None = None
+
+
+class Connection(SQLModel, table=True):
+    __tablename__ = "connections"
+    __table_args__ = (UniqueConstraint("user_id", "integration"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    user_id: int = Field(foreign_key="users.id", index=True)
+    integration: str = Field(max_length=100)
+    # connected | needs_reconnect
+    status: str = Field(default="connected", max_length=32)
+    account: str | None = Field(default=None, max_length=320)
+    scopes: str | None = None
+    access_token: str | None = None  # Fernet ciphertext
+    refresh_token: str | None = None  # Fernet ciphertext
+    token_type: str | None = Field(default=None, max_length=32)
+    expires_at: dt.datetime | None = None
+    # Values taken from the token response or entered at connect time (instance_url, cloud_id...).
+    extra: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    # Cross-process single-flight refresh: a lease, not a held database lock.
+    refresh_lease_until: dt.datetime | None = None
+    refresh_lease_owner: str | None = Field(default=None, max_length=64)
+    created_at: dt.datetime = Field(default_factory=utcnow)
+    updated_at: dt.datetime = Field(default_factory=utcnow)
+    connected_at: dt.datetime = Field(default_factory=utcnow)
+
+
+class Run(SQLModel, table=True):
+    __tablename__ = "runs"
+    __table_args__ = (
+        Index("ix_runs_user_id_id", "user_id", "id"),
+        Index("ix_runs_queue", "user_id", "queue_name", "status", "id"),
+    )
+
+    id: str = Field(primary_key=True, max_length=40)
+    user_id: int = Field(foreign_key="users.id")
+    api_key_id: int | None = Field(default=None, foreign_key="api_keys.id", index=True)
+    integration: str = Field(max_length=100)
+    endpoint: str = Field(max_length=100)
+    # pending | running | completed | failed | timeout | cancelled
+    status: str = Field(default="running", max_length=16, index=True)
+    http_status: int | None = None
+    upstream_status: int | None = None
+    error_code: str | None = Field(default=None, max_length=64)
+    error_message: str | None = None
+    attempts: int = 0
+    refreshed: bool = False
+    queue_name: str | None = Field(default=None, max_length=200)
+    created_at: dt.datetime = Field(default_factory=utcnow)
+    started_at: dt.datetime | None = None
+    ended_at: dt.datetime | None = None
+    duration_ms: float | None = None
+
+
+class DailyUsage(SQLModel, table=True):
+    """Calls counted per subject ('user:1', 'key:7') per UTC day, updated atomically."""
+
+    __tablename__ = "daily_usage"
+
+    subject: str = Field(primary_key=True, max_length=64)
+    day: dt.date = Field(primary_key=True)
+    count: int = 0

@@ -1,0 +1,58 @@
+"""What one gateway process holds: settings, database, specs, the shared HTTP client."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import httpx
+from sqlalchemy.engine import Engine
+
+from .crypto import Box, Signer
+from .settings import Settings
+from .specs import Registry
+from .tokens import TokenStore
+
+
+def make_http_client(settings: Settings) -> httpx.AsyncClient:
+    timeout = httpx.Timeout(settings.upstream_timeout, connect=settings.upstream_connect_timeout)
+    limits = httpx.Limits(
+        max_connections=settings.upstream_max_connections,
+        max_keepalive_connections=min(settings.upstream_max_connections, 50),
+        keepalive_expiry=30,
+    )
+    return httpx.AsyncClient(
+        timeout=timeout,
+        limits=limits,
+        follow_redirects=False,
+        trust_env=False,
+        headers={"User-Agent": "integration-gateway"},
+    )
+
+
+@dataclasses.dataclass
+class Services:
+    settings: Settings
+    engine: Engine
+    registry: Registry
+    box: Box
+    tokens: TokenStore
+    http: httpx.AsyncClient
+    signers: dict[str, Signer]
+
+    @classmethod
+    def build(cls, settings: Settings, engine: Engine, registry: Registry, http: httpx.AsyncClient) -> Services:
+        box = Box(settings.secret_keys)
+        return cls(
+            settings=settings,
+            engine=engine,
+            registry=registry,
+            box=box,
+            tokens=TokenStore(settings, engine, box),
+            http=http,
+            signers={},
+        )
+
+    def signer(self, purpose: str, max_age: int | None) -> Signer:
+        if purpose not in self.signers:
+            self.signers[purpose] = Signer(self.settings.secret_keys, purpose, max_age)
+        return self.signers[purpose]

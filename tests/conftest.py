@@ -1,0 +1,174 @@
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import create_engine, text
+
+from gateway import connections, keys, users
+from gateway.app import create_app
+from gateway.crypto import Box
+from gateway.settings import IntegrationOverrides, Settings
+from tests.fakes.provider import CLIENT_ID, CLIENT_SECRET, ProviderState, create_provider
+from tests.servers import ServerThread
+
+TESTS = Path(__file__).resolve().parent
+PG_URL = os.environ.get("GATEWAY_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture(scope="session")
+def provider_state() -> ProviderState:
+    return ProviderState()
+
+
+@pytest.fixture(scope="session")
+def provider_server(provider_state: ProviderState) -> Iterator[ServerThread]:
+    with ServerThread(create_provider(provider_state)) as server:
+        yield server
+
+
+@pytest.fixture
+def provider(provider_state: ProviderState, provider_server: ServerThread) -> ProviderState:
+    provider_state.reset()
+    provider_state.url = provider_server.url  # type: ignore[attr-defined]
+    return provider_state
+
+
+def provider_overrides(url: str) -> dict[str, IntegrationOverrides]:
+    fake = IntegrationOverrides(
+        client_id=CLIENT_ID,
+        client_secret=CLIENT_SECRET,
+        base_url=f"{url}/api",
+        authorize_url=f"{url}/oauth/authorize",
+        token_url=f"{url}/oauth/token",
+    )
+    return {"github": fake, "fakeapi": fake}
+
+
+class PostgresSchema:
+    """A schema of its own in the local `test` database, dropped afterwards."""
+
+    def __init__(self) -> None:
+        self.name = "gw_" + secrets.token_hex(6)
+        self.admin = create_engine(PG_URL)
+        with self.admin.begin() as c:
+            c.execute(text(f'CREATE SCHEMA "{self.name}"'))
+        self.url = f"{PG_URL}?options=-csearch_path%3D{self.name}"
+
+    def drop(self) -> None:
+        with self.admin.begin() as c:
+            c.execute(text(f'DROP SCHEMA "{self.name}" CASCADE'))
+        self.admin.dispose()
+
+
+def postgres_available() -> bool:
+    try:
+        engine = create_engine(PG_URL)
+        with engine.connect():
+            pass
+        engine.dispose()
+        return True
+    except Exception:
+        return False
+
+
+@pytest.fixture(params=["sqlite"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'gateway.db'}"
+        return
+    schema = PostgresSchema()
+    try:
+        yield schema.url
+    finally:
+        schema.drop()
+
+
+def make_settings(database_url: str, provider_url: str, **changes: object) -> Settings:
+    values: dict[str, object] = dict(
+        secret_keys=("test-secret-" + "x" * 32,),
+        database_url=database_url,
+        public_url="http://127.0.0.1:9999",
+        integrations_paths=(TESTS / "integrations",),
+        integrations=provider_overrides(provider_url),
+        allow_http_upstreams=True,
+        upstream_timeout=5.0,
+        upstream_max_response_bytes=2 * 1024 * 1024,
+    )
+    values.update(changes)
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def settings(database_url: str, provider: ProviderState) -> Settings:
+    return make_settings(database_url, provider.url)  # type: ignore[attr-defined]
+
+
+class Gateway:
+    """A running gateway with helpers to set up accounts the way the dashboard would."""
+
+    def __init__(self, settings: Settings, server: ServerThread) -> None:
+        self.settings = settings
+        self.server = server
+        self.url = server.url
+        self.app = server.server.config.app
+        self.engine = self.app.state.engine
+        self.box = Box(settings.secret_keys)
+        self.http = httpx.Client(base_url=self.url, timeout=30)
+
+    def user(self, email: str | None = None) -> int:
+        user = users.create(self.engine, email or f"u{secrets.token_hex(4)}@example.com", "correct horse battery")
+        assert user.id is not None
+        return user.id
+
+    def key(self, user_id: int, **kwargs: object) -> str:
+        return keys.create(self.engine, user_id, **kwargs)[1]  # type: ignore[arg-type]
+
+    def connect(
+        self, user_id: int, provider: ProviderState, integration: str = "github", **token_changes: object
+    ) -> None:
+        token = {**provider.mint(), **token_changes}
+        connections.save(
+            self.engine,
+            self.box,
+            user_id=user_id,
+            integration=integration,
+            access_token=token["access_token"],
+            refresh_token=token.get("refresh_token"),
+            expires_at=connections.expires_at_from(token),
+            scopes=token.get("scope"),
+            account="octocat",
+        )
+
+    def call(
+        self, secret: str, integration: str, endpoint: str, params: dict | None = None, **kwargs: object
+    ) -> httpx.Response:
+        return self.http.post(
+            f"/v1/{integration}/{endpoint}",
+            json={"params": params or {}},
+            headers={"Authorization": f"Bearer {secret}"},
+            **kwargs,  # type: ignore[arg-type]
+        )
+
+
+@pytest.fixture
+def gateway(settings: Settings) -> Iterator[Gateway]:
+    server = ServerThread(create_app(settings)).start()
+    gw = Gateway(settings, server)
+    try:
+        yield gw
+    finally:
+        gw.http.close()
+        server.stop()
+
+
+@pytest.fixture
+def account(gateway: Gateway, provider: ProviderState) -> tuple[int, str]:
+    """A user with a connected GitHub account and an API key for every integration."""
+    user_id = gateway.user()
+    gateway.connect(user_id, provider)
+    return user_id, gateway.key(user_id, name="test")
