@@ -215,7 +215,7 @@ class Endpoint(Strict):
                 raise ValueError(f"path param '{name}' must be required")
             if param.multi_segment and f"/{{{name}}}" not in self.path:
                 raise ValueError(f"multi-segment param '{name}' must fill whole path segments")
-        for name, param in self.params.items():
+        for name in self.params:
             if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", name):
                 raise ValueError(f"param name '{name}' must be an identifier")
         if self.graphql and self.method != "POST":
