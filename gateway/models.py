@@ -79,6 +79,8 @@ class Run(SQLModel, table=True):
     __table_args__ = (
         Index("ix_runs_user_id_id", "user_id", "id"),
         Index("ix_runs_queue", "user_id", "queue_name", "status", "id"),
+        Index("ix_runs_claim", "status", "lease_until"),
+        UniqueConstraint("api_key_id", "idempotency_key", name="uq_runs_idempotency"),
     )
 
     id: str = Field(primary_key=True, max_length=40)
@@ -99,6 +101,20 @@ class Run(SQLModel, table=True):
     started_at: dt.datetime | None = None
     ended_at: dt.datetime | None = None
     duration_ms: float | None = None
+    # Queued and approval-held calls keep what they need to run later, encrypted.
+    request: str | None = None
+    # The final {"status","data"} or error body, encrypted, for polling and idempotent repeats.
+    result: str | None = None
+    lease_until: dt.datetime | None = None
+    worker_id: str | None = Field(default=None, max_length=64)
+    expires_at: dt.datetime | None = Field(default=None, index=True)
+    callback_url: str | None = None
+    idempotency_key: str | None = Field(default=None, max_length=255)
+    request_hash: str | None = Field(default=None, max_length=64)
+    waitpoint_id: str | None = Field(default=None, max_length=48)
+    # none | pending | approved | rejected | expired
+    approval: str | None = Field(default=None, max_length=16)
+    approval_expires_at: dt.datetime | None = None
 
 
 class DailyUsage(SQLModel, table=True):
@@ -109,3 +125,30 @@ class DailyUsage(SQLModel, table=True):
     subject: str = Field(primary_key=True, max_length=64)
     day: dt.date = Field(primary_key=True)
     count: int = 0
+
+
+class Waitpoint(SQLModel, table=True):
+    """A token something else completes later: a callback, a connection, an approval."""
+
+    __tablename__ = "waitpoints"
+    __table_args__ = (
+        Index("ix_waitpoints_user_id_id", "user_id", "id"),
+        Index("ix_waitpoints_status_timeout", "status", "timeout_at"),
+    )
+
+    id: str = Field(primary_key=True, max_length=48)
+    user_id: int = Field(foreign_key="users.id")
+    api_key_id: int | None = Field(default=None, foreign_key="api_keys.id")
+    # WAITING | COMPLETED | TIMED_OUT
+    status: str = Field(default="WAITING", max_length=16)
+    # manual | connection | approval
+    kind: str = Field(default="manual", max_length=16)
+    integration: str | None = Field(default=None, max_length=100)
+    output: Any = Field(default=None, sa_column=Column(JSON))
+    error: Any = Field(default=None, sa_column=Column(JSON))
+    tags: list[str] | None = Field(default=None, sa_column=Column(JSON))
+    idempotency_key: str | None = Field(default=None, max_length=255)
+    idempotency_expires_at: dt.datetime | None = None
+    timeout_at: dt.datetime
+    created_at: dt.datetime = Field(default_factory=utcnow)
+    completed_at: dt.datetime | None = None

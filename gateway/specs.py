@@ -171,9 +171,9 @@ class ErrorWhen(Strict):
 
 
 class GraphQL(Strict):
+    """One declared query per endpoint; body params become its variables."""
+
     query: str
-    # Dotted path of the operation's result in 'data', surfaced as is.
-    operation: str | None = None
 
 
 class Endpoint(Strict):
