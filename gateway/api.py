@@ -8,8 +8,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from . import keys, runs
-from .errors import BadRequest, GatewayError, NotFound
+from .errors import BadRequest, NotFound
 from .execute import execute
 from .openapi import describe_endpoint, describe_integration, openapi_document
 from .requests import api_key, json_object
@@ -33,24 +32,15 @@ async def call_endpoint(request: Request) -> Response:
             "The body has fields this call does not take.",
             details=[{"field": name, "message": "is not a known field"} for name in unknown],
         )
-    record = RunRecord.start()
-    try:
-        result = await execute(
-            services,
-            key,
-            request.path_params["integration"],
-            request.path_params["endpoint"],
-            body.get("params", {}),
-            record,
-        )
-    except GatewayError as exc:
-        exc.headers.setdefault("X-Run-Id", record.id)
-        raise
-    finally:
-        runs.insert(services.engine, record)
-        keys.touch(services.engine, key.id or 0)
-    headers = {**result.headers, "X-Run-Id": record.id}
-    return JSONResponse(result.body, status_code=result.http_status, headers=headers)
+    result = await execute(
+        services,
+        key,
+        request.path_params["integration"],
+        request.path_params["endpoint"],
+        body.get("params", {}),
+        RunRecord.start(),
+    )
+    return JSONResponse(result.body, status_code=result.http_status, headers=result.headers)
 
 
 async def list_integrations(request: Request) -> Response:

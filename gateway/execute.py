@@ -6,7 +6,7 @@ import dataclasses
 import logging
 from typing import Any
 
-from . import connections, links, upstream
+from . import connections, keys, links, runs, upstream
 from .errors import (
     BadRequest,
     GatewayError,
@@ -16,7 +16,6 @@ from .errors import (
     ScopeNotAllowed,
     UpstreamTimeout,
 )
-from .keys import allows
 from .models import ApiKey, Connection
 from .runs import RunRecord
 from .services import Services
@@ -39,7 +38,7 @@ def resolve(services: Services, key: ApiKey, integration: str, endpoint: str) ->
         if services.registry.get(integration) is None:
             raise NotFound(f"There is no integration named '{integration}'.")
         raise NotFound(f"{integration} has no endpoint named '{endpoint}'.")
-    if not allows(key, integration):
+    if not keys.allows(key, integration):
         raise ScopeNotAllowed(
             f"This API key may not use {found.integration.display_name}.",
             action_url=links.api_key(services.settings, key.id or 0),
@@ -145,7 +144,11 @@ async def call(
 async def execute(
     services: Services, key: ApiKey, integration: str, endpoint_name: str, params: Any, record: RunRecord
 ) -> CallResult:
-    """The whole direct call, recorded as a run whatever happens."""
+    """The whole call, recorded as a run whatever happens; the run id goes in X-Run-Id.
+
+    Every path that calls an upstream (the /v1 route, queue workers, MCP tools)
+    comes through here, so limits, refresh-and-retry and history are the same for all.
+    """
     record.user_id, record.api_key_id = key.user_id, key.id
     record.integration, record.endpoint = integration, endpoint_name
     try:
@@ -155,14 +158,24 @@ async def execute(
     except GatewayError as exc:
         record.error_code, record.error_message = exc.code, exc.message[:500]
         record.finish("timeout" if isinstance(exc, UpstreamTimeout) else "failed", exc.status)
+        _save(services, key, record)
+        exc.headers.setdefault("X-Run-Id", record.id)
         raise
     except Exception:
         logger.exception("call %s failed inside the gateway", record.id)
         record.error_code, record.error_message = "internal_error", "internal error"
         record.finish("failed", 500)
-        raise InternalError("The gateway failed to complete this call.") from None
+        _save(services, key, record)
+        raise InternalError("The gateway failed to complete this call.", headers={"X-Run-Id": record.id}) from None
     ok = result.http_status < 400
     if record.error_code is None and not ok:
         record.error_code = "upstream_error"
     record.finish("completed" if ok else "failed", result.http_status)
+    _save(services, key, record)
+    result.headers["X-Run-Id"] = record.id
     return result
+
+
+def _save(services: Services, key: ApiKey, record: RunRecord) -> None:
+    runs.insert(services.engine, record)
+    keys.touch(services.engine, key.id or 0)
