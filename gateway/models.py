@@ -152,3 +152,46 @@ class Waitpoint(SQLModel, table=True):
     timeout_at: dt.datetime
     created_at: dt.datetime = Field(default_factory=utcnow)
     completed_at: dt.datetime | None = None
+
+
+class WebSession(SQLModel, table=True):
+    """A signed-in browser. The cookie holds a random value; only its SHA-256 is stored."""
+
+    __tablename__ = "web_sessions"
+
+    id: str = Field(primary_key=True, max_length=64)
+    user_id: int = Field(foreign_key="users.id", index=True)
+    # The user's session_version at sign-in: a password change bumps it and ends every session.
+    session_version: int
+    created_at: dt.datetime = Field(default_factory=utcnow)
+    expires_at: dt.datetime = Field(index=True)
+
+
+class OAuthState(SQLModel, table=True):
+    """One pending connect: single-use, bound to the web session that started it."""
+
+    __tablename__ = "oauth_states"
+
+    # SHA-256 of the state value sent to the provider.
+    id: str = Field(primary_key=True, max_length=64)
+    session_id: str = Field(max_length=64)
+    user_id: int = Field(foreign_key="users.id")
+    integration: str = Field(max_length=100)
+    code_verifier: str | None = None  # Fernet ciphertext
+    redirect_uri: str
+    next_path: str | None = None
+    # Values the person typed before leaving for the provider (the spec's connection_fields).
+    fields: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    created_at: dt.datetime = Field(default_factory=utcnow)
+    expires_at: dt.datetime = Field(index=True)
+
+
+class LoginAttempt(SQLModel, table=True):
+    """Recent sign-in and sign-up attempts, counted per email and per client IP."""
+
+    __tablename__ = "login_attempts"
+
+    id: int | None = Field(default=None, primary_key=True)
+    email: str = Field(max_length=320, index=True)
+    ip: str = Field(max_length=64, index=True)
+    at: dt.datetime = Field(default_factory=utcnow, index=True)
