@@ -125,7 +125,7 @@ async def call(
     record.upstream_status = response.status
     body: dict[str, Any] = {"status": response.status, "data": response.data}
     if response.headers:
-        body["headers"] = response.headers
+        body["headers"] = dict(response.headers)
     http_status = response.status
     error_when = endpoint.spec.error_when
     if (
@@ -138,7 +138,7 @@ async def call(
         record.error_code = "upstream_error"
         record.error_message = message[:500]
         http_status = 502
-    return CallResult(http_status=http_status, body=body, headers=response.headers)
+    return CallResult(http_status=http_status, body=body, headers=dict(response.headers))
 
 
 async def execute(

@@ -1,0 +1,124 @@
+"""Bad input gets a clear 400 and nothing reaches the upstream."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import Gateway
+
+ISSUE = {"repo": "acme/webapp", "title": "t"}
+
+
+@pytest.mark.parametrize(
+    "repo",
+    [
+        "../admin",
+        "acme/..",
+        "acme/../admin",
+        "%2e%2e/admin",
+        "acme/%2e%2e",
+        "acme/web%2Fapp",
+        "acme",
+        "acme/web/app",
+        "@evil.com/x",
+        "acme/@evil.com",
+        "acme/web\r\nX-Injected: 1",
+        "acme/web\napp",
+        "acme/ ",
+        "/acme/webapp",
+        "acme/webapp/",
+        "acme\\webapp/x",
+        "acme/webapp?x=1",
+        "acme/webapp#frag",
+        "",
+    ],
+)
+def test_path_injection_is_refused(gateway: Gateway, account, provider, repo: str) -> None:
+    _, secret = account
+    response = gateway.call(secret, "github", "create_issue", {**ISSUE, "repo": repo})
+    assert response.status_code == 400, response.text
+    body = response.json()
+    assert body["error"] == "bad_request"
+    assert [d["field"] for d in body["details"]] == ["repo"]
+    assert provider.api_requests() == []
+
+
+@pytest.mark.parametrize("number", ["1/../../admin", "..", "1?x", -1, 0, 1.5, True])
+def test_integer_path_params_are_integers(gateway: Gateway, account, provider, number) -> None:  # type: ignore[no-untyped-def]
+    _, secret = account
+    response = gateway.call(secret, "github", "get_issue", {"repo": "acme/webapp", "issue_number": number})
+    assert response.status_code == 400
+    assert provider.api_requests() == []
+
+
+def test_every_problem_is_reported_at_once(gateway: Gateway, account, provider) -> None:
+    _, secret = account
+    response = gateway.call(
+        secret, "github", "create_issue", {"repo": "acme/../x", "labels": "bug", "milestone": "one", "colour": "red"}
+    )
+    assert response.status_code == 400
+    fields = {d["field"]: d["message"] for d in response.json()["details"]}
+    assert set(fields) == {"repo", "title", "labels", "milestone", "colour"}
+    assert fields["title"] == "is required"
+    assert fields["colour"] == "is not a param of this endpoint"
+    assert provider.api_requests() == []
+
+
+@pytest.mark.parametrize(
+    ("content", "content_type"),
+    [
+        (b"params=1", "application/x-www-form-urlencoded"),
+        (b'{"params": {}}', "text/plain"),
+        (b"[1, 2]", "application/json"),
+        (b'"text"', "application/json"),
+        (b"\xff\xfe", "application/json"),
+        (b'{"params": [1]}', "application/json"),
+        (b'{"params": {}, "unknown": 1}', "application/json"),
+    ],
+)
+def test_malformed_bodies(gateway: Gateway, account, provider, content: bytes, content_type: str) -> None:
+    _, secret = account
+    response = gateway.http.post(
+        "/v1/github/get_authenticated_user",
+        content=content,
+        headers={"Authorization": f"Bearer {secret}", "Content-Type": content_type},
+    )
+    assert response.status_code == 400, response.text
+    assert response.json()["error"] == "bad_request"
+    assert provider.api_requests() == []
+
+
+def test_params_are_placed_where_the_spec_says(gateway: Gateway, provider) -> None:
+    user_id = gateway.user()
+    gateway.connect(user_id, provider, integration="fakeapi")
+    response = gateway.call(
+        gateway.key(user_id),
+        "fakeapi",
+        "echo",
+        {"item": "a b@c:d", "tag": "t1", "flags": ["x", "y"], "note": "hello"},
+    )
+    assert response.status_code == 200, response.text
+    [sent] = provider.api_requests()
+    assert sent.raw_path == "/api/echo/a%20b@c:d"
+    assert sent.query == [("flags", "x"), ("flags", "y")]
+    assert sent.headers["x-tag"] == "t1"
+    assert sent.body == b'{"note":"hello"}'
+
+
+def test_header_params_refuse_control_characters(gateway: Gateway, provider) -> None:
+    user_id = gateway.user()
+    gateway.connect(user_id, provider, integration="fakeapi")
+    response = gateway.call(gateway.key(user_id), "fakeapi", "echo", {"item": "a", "tag": "t\r\nX-Evil: 1"})
+    assert response.status_code == 400
+    assert response.json()["details"][0]["field"] == "tag"
+    assert provider.api_requests() == []
+
+
+def test_multi_segment_file_paths(gateway: Gateway, account, provider) -> None:
+    _, secret = account
+    ok = gateway.call(secret, "github", "get_file_contents", {"repo": "acme/webapp", "path": "docs/guide/intro.md"})
+    assert ok.status_code == 200
+    assert provider.api_requests()[0].raw_path == "/api/repos/acme/webapp/contents/docs/guide/intro.md"
+    bad = gateway.call(secret, "github", "get_file_contents", {"repo": "acme/webapp", "path": "docs/../../admin"})
+    assert bad.status_code == 400
+    assert len(provider.api_requests()) == 1
