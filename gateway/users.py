@@ -50,7 +50,7 @@ def create(engine: Engine, email: str, password: str, plan: str = "free") -> Use
 
 def by_email(engine: Engine, email: str) -> User | None:
     with session(engine) as s:
-        return s.exec(select(User).where(User.email == normalise_email(email))).scalars().first()
+        return s.exec(select(User).where(User.email == normalise_email(email))).first()
 
 
 def by_id(engine: Engine, user_id: int) -> User | None:

@@ -1,0 +1,105 @@
+"""The strict spec schema: unknown keys rejected, errors name the file and the field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gateway.specs import SpecError, load_file, load_registry
+
+BASE = {
+    "name": "acme",
+    "display_name": "Acme",
+    "description": "d",
+    "docs_url": "https://acme.example/docs",
+    "reference": "Acme API v1",
+    "base_url": "https://api.acme.example",
+    "auth": {"type": "oauth2", "authorize_url": "https://a/authorize", "token_url": "https://a/token"},
+    "endpoints": {
+        "get_thing": {
+            "description": "Get one thing by id.",
+            "method": "GET",
+            "path": "/things/{id}",
+            "params": {"id": {"type": "string", "in": "path", "required": True, "description": "The id."}},
+        }
+    },
+}
+
+
+def write(tmp_path: Path, data: dict, name: str = "acme") -> Path:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def with_change(path: list[str], value: object) -> dict:
+    import copy
+
+    data = copy.deepcopy(BASE)
+    node = data
+    for part in path[:-1]:
+        node = node[part]
+    node[path[-1]] = value
+    return data
+
+
+def test_a_valid_spec_loads(tmp_path: Path) -> None:
+    integration = load_file(write(tmp_path, BASE))
+    assert integration.endpoints["get_thing"].read_only is True
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "field"),
+    [
+        (["colour"], "red", "colour"),
+        (["endpoints", "get_thing", "verb"], "GET", "endpoints.get_thing.verb"),
+        (["endpoints", "get_thing", "method"], "FETCH", "endpoints.get_thing.method"),
+        (["endpoints", "get_thing", "path"], "/things/{other}", "endpoints.get_thing"),
+        (["endpoints", "get_thing", "path"], "things", "endpoints.get_thing.path"),
+        (["endpoints", "get_thing", "params", "id", "in"], "cookie", "endpoints.get_thing.params.id.in"),
+        (["endpoints", "get_thing", "params", "id", "required"], False, "endpoints.get_thing"),
+        (["endpoints", "get_thing", "params", "id", "pattern"], "([", "endpoints.get_thing.params.id"),
+        (["auth", "type"], "saml", "auth"),
+        (["auth", "token_auth_method"], "private_key_jwt", "auth.oauth2.token_auth_method"),
+        (["base_url"], "ftp://x", "base_url"),
+        (["name"], "runs", "name"),
+        (["endpoints"], {}, "endpoints"),
+    ],
+)
+def test_errors_name_the_file_and_the_field(tmp_path: Path, path: list[str], value: object, field: str) -> None:
+    data = with_change(path, value)
+    name = data["name"] if path != ["name"] else "runs"
+    with pytest.raises(SpecError) as error:
+        load_file(write(tmp_path, data, name))
+    message = str(error.value)
+    assert str(tmp_path) in message
+    assert field in message
+
+
+def test_name_must_match_the_file(tmp_path: Path) -> None:
+    with pytest.raises(SpecError, match="must match the file name"):
+        load_file(write(tmp_path, BASE, "other"))
+
+
+def test_invalid_yaml_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "acme.yaml"
+    path.write_text("name: [unclosed")
+    with pytest.raises(SpecError, match="acme.yaml: not valid YAML"):
+        load_file(path)
+
+
+def test_duplicate_names_across_folders(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    write(tmp_path / "a", BASE)
+    write(tmp_path / "b", BASE)
+    with pytest.raises(SpecError, match="also defined in"):
+        load_registry([tmp_path / "a", tmp_path / "b"])
+
+
+def test_every_builtin_spec_validates() -> None:
+    registry = load_registry([Path(__file__).resolve().parents[1] / "integrations"])
+    assert registry.get("github") is not None
+    assert len(registry.get("github").endpoints) >= 15
