@@ -21,7 +21,7 @@ DEFAULT_DATA_DIR = Path(".gateway")
 
 # Per-integration settings: GATEWAY_<NAME>_<FIELD>, where NAME is the spec's
 # name upper-cased with '-' turned into '_'.
-INTEGRATION_FIELDS = ("CLIENT_ID", "CLIENT_SECRET", "BASE_URL", "AUTHORIZE_URL", "TOKEN_URL")
+INTEGRATION_FIELDS = ("CLIENT_ID", "CLIENT_SECRET", "BASE_URL", "AUTHORIZE_URL", "TOKEN_URL", "REVOKE_URL")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,6 +31,7 @@ class IntegrationOverrides:
     base_url: str | None = None
     authorize_url: str | None = None
     token_url: str | None = None
+    revoke_url: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
