@@ -1,45 +1,156 @@
-"""The /v1 routes a caller uses with an API key, and the public docs routes."""
+"""The /v1 call route (direct and queued, with idempotency) and the public docs routes."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import re
+from datetime import timedelta
 from typing import Any
 
+from sqlalchemy.exc import IntegrityError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from .errors import BadRequest, NotFound
-from .execute import execute
+from . import callbacks, runs, upstream
+from .errors import BadRequest, IdempotencyInProgress, IdempotencyMismatch, NotFound
+from .execute import execute, resolve
+from .models import ApiKey, Run, utcnow
 from .openapi import describe_endpoint, describe_integration, openapi_document
 from .requests import api_key, json_object
 from .runs import RunRecord
 from .services import Services
 
-CALL_FIELDS = {"params"}
+CALL_FIELDS = {"params", "queue", "async", "expires", "callback_url"}
+QUEUE_NAME = re.compile(r"^[A-Za-z0-9._:-]{1,200}$")
+IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
+MAX_EXPIRES = 90 * 24 * 3600
 
 
 def services_of(request: Request) -> Services:
     return request.app.state.services
 
 
-async def call_endpoint(request: Request) -> Response:
-    services = services_of(request)
-    key = api_key(services, request)
-    body = await json_object(request)
+def _options(body: dict[str, Any], services: Services) -> dict[str, Any]:
     unknown = sorted(set(body) - CALL_FIELDS)
     if unknown:
         raise BadRequest(
             "The body has fields this call does not take.",
             details=[{"field": name, "message": "is not a known field"} for name in unknown],
         )
-    result = await execute(
-        services,
-        key,
-        request.path_params["integration"],
-        request.path_params["endpoint"],
-        body.get("params", {}),
-        RunRecord.start(),
+    queue, is_async = body.get("queue"), body.get("async", False)
+    if queue is not None and (not isinstance(queue, str) or not QUEUE_NAME.match(queue)):
+        raise BadRequest("'queue' must be 1-200 characters of letters, digits and . _ : -")
+    if not isinstance(is_async, bool):
+        raise BadRequest("'async' must be true or false.")
+    queued = queue is not None or is_async
+    expires, callback_url = body.get("expires"), body.get("callback_url")
+    if (expires is not None or callback_url is not None) and not queued:
+        raise BadRequest("'expires' and 'callback_url' apply to queued calls: add 'queue' or 'async': true.")
+    if expires is not None and (
+        isinstance(expires, bool) or not isinstance(expires, int) or not 1 <= expires <= MAX_EXPIRES
+    ):
+        raise BadRequest(f"'expires' must be a whole number of seconds from 1 to {MAX_EXPIRES}.")
+    if callback_url is not None:
+        callbacks.check_url(services.settings, callback_url)
+    return {"queued": queued, "queue": queue, "expires": expires, "callback_url": callback_url}
+
+
+def _request_hash(integration: str, endpoint: str, body: dict[str, Any]) -> str:
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(f"{integration}/{endpoint}\n{canonical}".encode()).hexdigest()
+
+
+def _submitted(services: Services, run: Run) -> JSONResponse:
+    queue_name = run.queue_name or run.id
+    in_queue = runs.in_queue(services.engine, run.user_id, queue_name, up_to=run.id)
+    body = {"id": run.id, "status": run.status, "queue_name": queue_name, "in_queue": in_queue}
+    return JSONResponse(body, status_code=202, headers={"X-Run-Id": run.id})
+
+
+def _replay(services: Services, run: Run, request_hash: str) -> Response:
+    if run.request_hash != request_hash:
+        raise IdempotencyMismatch("This Idempotency-Key was already used with a different request.")
+    if run.request is not None:  # a queued submission: its first answer was the 202
+        response = _submitted(services, run)
+    elif run.status not in runs.TERMINAL:
+        raise IdempotencyInProgress(
+            "A call with this Idempotency-Key is still running.", headers={"Retry-After": "1", "X-Run-Id": run.id}
+        )
+    else:
+        body = runs.result_of(services.box, run) or {}
+        response = JSONResponse(body, status_code=run.http_status or 200, headers={"X-Run-Id": run.id})
+    response.headers["Idempotent-Replayed"] = "true"
+    return response
+
+
+async def _submit(
+    services: Services,
+    key: ApiKey,
+    integration: str,
+    endpoint_name: str,
+    body: dict[str, Any],
+    options: dict[str, Any],
+    idempotency: tuple[str, str] | None,
+) -> Response:
+    endpoint = resolve(services, key, integration, endpoint_name)
+    params = upstream.validate_params(endpoint, body.get("params", {}))
+    record = RunRecord.start()
+    record.user_id, record.api_key_id = key.user_id, key.id
+    record.integration, record.endpoint = integration, endpoint_name
+    record.queue_name = options["queue"] or record.id
+    expires_at = utcnow() + timedelta(seconds=options["expires"]) if options["expires"] else None
+    runs.create_pending(
+        services.engine,
+        services.box,
+        record=record,
+        params=params,
+        expires_at=expires_at,
+        callback_url=options["callback_url"],
+        idempotency_key=idempotency[0] if idempotency else None,
+        request_hash=idempotency[1] if idempotency else None,
     )
+    services.notify_queue()
+    run = runs.get(services.engine, record.id, key.user_id)
+    assert run is not None
+    return _submitted(services, run)
+
+
+async def call_endpoint(request: Request) -> Response:
+    services = services_of(request)
+    key = api_key(services, request)
+    body = await json_object(request)
+    options = _options(body, services)
+    integration, endpoint_name = request.path_params["integration"], request.path_params["endpoint"]
+
+    idempotency: tuple[str, str] | None = None
+    header = request.headers.get("idempotency-key")
+    if header is not None:
+        if not IDEMPOTENCY_KEY.match(header):
+            raise BadRequest("'Idempotency-Key' must be 1-255 visible ASCII characters.")
+        idempotency = (header, _request_hash(integration, endpoint_name, body))
+        existing = runs.by_idempotency_key(services.engine, key.id or 0, header)
+        if existing is not None:
+            return _replay(services, existing, idempotency[1])
+
+    try:
+        if options["queued"]:
+            return await _submit(services, key, integration, endpoint_name, body, options, idempotency)
+        record = RunRecord.start()
+        if idempotency is not None:
+            # The row exists from the start, so a repeat during the call sees it (409).
+            record.user_id, record.api_key_id = key.user_id, key.id
+            record.integration, record.endpoint = integration[:100], endpoint_name[:100]
+            runs.create_started(services.engine, record, idempotency_key=idempotency[0], request_hash=idempotency[1])
+            record.stored = record.keep_result = True
+    except IntegrityError:
+        # Another request with the same key got there first.
+        existing = runs.by_idempotency_key(services.engine, key.id or 0, header or "")
+        if existing is None:
+            raise
+        return _replay(services, existing, idempotency[1])  # type: ignore[index]
+    result = await execute(services, key, integration, endpoint_name, body.get("params", {}), record)
     return JSONResponse(result.body, status_code=result.http_status, headers=result.headers)
 
 

@@ -12,13 +12,16 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.routing import Mount
+from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import api, db, specs
+from . import api, dashboard, db, mcp, runs_api, specs, tools, web
 from .errors import GatewayError, InternalError, MethodNotAllowed, NotFound
 from .logs import request_id_var
 from .services import Services, make_http_client
 from .settings import Settings
+from .worker import Worker
 
 logger = logging.getLogger("gateway.app")
 
@@ -61,11 +64,15 @@ def error_response(request: Request, error: GatewayError) -> Response:
 
 async def gateway_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, GatewayError)
+    if web.is_page(request.url.path):
+        return web.error_page(request, exc.status, exc.message)
     return error_response(request, exc)
 
 
 async def http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
+    if web.is_page(request.url.path):
+        return web.error_page(request, exc.status_code, exc.detail)
     if exc.status_code == 404:
         return error_response(request, NotFound("There is nothing at this address."))
     if exc.status_code == 405:
@@ -77,24 +84,46 @@ async def http_error(request: Request, exc: Exception) -> Response:
 
 async def server_error(request: Request, exc: Exception) -> Response:
     logger.exception("unhandled error on %s %s", request.method, request.url.path)
+    if web.is_page(request.url.path):
+        return web.error_page(request, 500)
     return error_response(request, InternalError("The gateway failed to handle this request."))
 
 
 def create_app(settings: Settings, registry: specs.Registry | None = None) -> Starlette:
     registry = registry if registry is not None else specs.registry_for(settings)
     engine = db.make_engine(settings.database_url)
+    mcp_endpoint = mcp.McpEndpoint(settings, registry)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         if settings.migrate_on_start:
             db.upgrade(engine)
         async with make_http_client(settings) as http:
-            app.state.services = Services.build(settings, engine, registry, http)
-            yield
+            services = Services.build(settings, engine, registry, http)
+            app.state.services = services
+            worker = None
+            if settings.worker_in_serve:
+                worker = Worker(services, settings.worker_concurrency)
+                services.notify_queue = worker.wake
+                await worker.start()
+            try:
+                async with mcp_endpoint.run():
+                    yield
+            finally:
+                if worker is not None:
+                    await worker.stop()
         engine.dispose()
 
     app = Starlette(
-        routes=[*api.routes],
+        # /v1/tools before api.routes, whose /v1/{integration} would take it.
+        routes=[
+            *tools.routes,
+            *mcp_endpoint.routes,
+            *runs_api.routes,
+            *api.routes,
+            *dashboard.routes,
+            Mount("/static", StaticFiles(directory=web.STATIC), name="static"),
+        ],
         lifespan=lifespan,
         exception_handlers={
             GatewayError: gateway_error,
@@ -102,6 +131,7 @@ def create_app(settings: Settings, registry: specs.Registry | None = None) -> St
             Exception: server_error,
         },
     )
+    app.add_middleware(web.PageHeadersMiddleware)
     app.add_middleware(RequestIdMiddleware)
     app.state.settings = settings
     app.state.engine = engine

@@ -58,6 +58,34 @@ def cmd_serve(args: argparse.Namespace, settings: settings_module.Settings) -> i
     return 0
 
 
+def cmd_worker(args: argparse.Namespace, settings: settings_module.Settings) -> int:
+    import asyncio
+    import signal
+
+    from .services import Services, make_http_client
+    from .worker import Worker
+
+    logs.configure(settings.log_level, settings.log_json)
+
+    async def run() -> None:
+        engine = _engine(settings)
+        registry = specs.registry_for(settings)
+        async with make_http_client(settings) as http:
+            services = Services.build(settings, engine, registry, http)
+            worker = Worker(services, args.concurrency or settings.worker_concurrency)
+            await worker.start()
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, stop.set)
+            await stop.wait()
+            await worker.stop()
+        engine.dispose()
+
+    asyncio.run(run())
+    return 0
+
+
 def cmd_users_create(args: argparse.Namespace, settings: settings_module.Settings) -> int:
     password = args.password
     if password is None:
@@ -206,6 +234,9 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--workers", type=int, default=1, help="processes to start (use PostgreSQL beyond 1)")
     serve.add_argument("--proxy-headers", action="store_true", help="trust X-Forwarded-* from a proxy")
+
+    worker = add(commands, "worker", cmd_worker, "Run queued calls (no HTTP server); run as many as you like.")
+    worker.add_argument("--concurrency", type=int, default=None, help="calls run at once (GATEWAY_WORKER_CONCURRENCY)")
 
     users_cmd = commands.add_parser("users", help="Manage local accounts.").add_subparsers(dest="sub", required=True)
     create_user = add(users_cmd, "create", cmd_users_create, "Create an account (for closed deployments).")

@@ -9,6 +9,8 @@
     ├── PlanLimitReached           403 plan_limit_reached
     ├── NotFound                   404 not_found
     ├── MethodNotAllowed           405 method_not_allowed
+    ├── IdempotencyInProgress      409 idempotency_in_progress
+    ├── IdempotencyMismatch        422 idempotency_mismatch
     ├── DailyLimitReached          429 daily_limit_reached
     ├── InternalError              500 internal_error
     ├── UpstreamUnreachable        502 upstream_unreachable
@@ -104,6 +106,18 @@ class MethodNotAllowed(GatewayError):
     """The route exists but not for this HTTP method."""
 
     code, status = "method_not_allowed", 405
+
+
+class IdempotencyInProgress(GatewayError):
+    """A call with this Idempotency-Key is still running; repeat it once it has ended."""
+
+    code, status = "idempotency_in_progress", 409
+
+
+class IdempotencyMismatch(GatewayError):
+    """This Idempotency-Key was used with a different request."""
+
+    code, status = "idempotency_mismatch", 422
 
 
 class DailyLimitReached(GatewayError):

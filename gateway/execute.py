@@ -158,24 +158,25 @@ async def execute(
     except GatewayError as exc:
         record.error_code, record.error_message = exc.code, exc.message[:500]
         record.finish("timeout" if isinstance(exc, UpstreamTimeout) else "failed", exc.status)
-        _save(services, key, record)
+        _save(services, key, record, exc.body(None))
         exc.headers.setdefault("X-Run-Id", record.id)
         raise
     except Exception:
         logger.exception("call %s failed inside the gateway", record.id)
         record.error_code, record.error_message = "internal_error", "internal error"
         record.finish("failed", 500)
-        _save(services, key, record)
-        raise InternalError("The gateway failed to complete this call.", headers={"X-Run-Id": record.id}) from None
+        error = InternalError("The gateway failed to complete this call.", headers={"X-Run-Id": record.id})
+        _save(services, key, record, error.body(None))
+        raise error from None
     ok = result.http_status < 400
     if record.error_code is None and not ok:
         record.error_code = "upstream_error"
     record.finish("completed" if ok else "failed", result.http_status)
-    _save(services, key, record)
+    _save(services, key, record, result.body)
     result.headers["X-Run-Id"] = record.id
     return result
 
 
-def _save(services: Services, key: ApiKey, record: RunRecord) -> None:
-    runs.insert(services.engine, record)
+def _save(services: Services, key: ApiKey, record: RunRecord, body: dict[str, Any]) -> None:
+    runs.save(services.engine, services.box, record, body)
     keys.touch(services.engine, key.id or 0)

@@ -69,6 +69,12 @@ def authenticate(engine: Engine, secret: str) -> ApiKey | None:
     return key
 
 
+def by_id(engine: Engine, key_id: int) -> ApiKey | None:
+    with engine.connect() as connection:
+        row = connection.execute(select(ApiKey.__table__).where(ApiKey.id == key_id)).first()
+    return ApiKey(**row._mapping) if row else None
+
+
 def touch(engine: Engine, key_id: int) -> None:
     with engine.begin() as connection:
         connection.execute(update(ApiKey).where(ApiKey.id == key_id).values(last_used_at=utcnow()))

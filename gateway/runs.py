@@ -1,19 +1,32 @@
-"""Run history: one row per call, written without anything secret in it."""
+"""Run history and queued calls: one row per call, written without anything secret in clear.
+
+A direct call writes its row once, at the end. A queued call's row is written
+at submission (status `pending`) with its request encrypted, claimed by a
+worker (`running`, with a lease), and finished with its result encrypted.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import and_, delete, exists, func, or_, select, update
 from sqlalchemy.engine import Engine
+from sqlalchemy.orm import aliased
 
+from .crypto import Box
 from .models import Run, new_id, utcnow
+
+TERMINAL = ("completed", "failed", "timeout", "cancelled")
+STATUSES = ("pending", "running", *TERMINAL)
+IDEMPOTENCY_TTL = dt.timedelta(hours=24)
 
 
 @dataclasses.dataclass
 class RunRecord:
-    """What a call did, filled in as the pipeline goes and written once at the end."""
+    """What a call did, filled in as the pipeline goes."""
 
     id: str
     user_id: int | None = None
@@ -28,8 +41,13 @@ class RunRecord:
     attempts: int = 0
     refreshed: bool = False
     queue_name: str | None = None
+    worker_id: str | None = None
     started_at: dt.datetime = dataclasses.field(default_factory=utcnow)
     ended_at: dt.datetime | None = None
+    # Set when the row already exists (queued or idempotent calls): finish updates it.
+    stored: bool = False
+    # Set when the final body must be kept (queued and idempotent calls), encrypted.
+    keep_result: bool = False
 
     @classmethod
     def start(cls) -> RunRecord:
@@ -40,9 +58,10 @@ class RunRecord:
         self.http_status = http_status
         self.ended_at = utcnow()
 
-    def values(self) -> dict[str, object]:
-        values = dataclasses.asdict(self)
-        values["created_at"] = self.started_at
+    def values(self) -> dict[str, Any]:
+        values = {
+            f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("stored", "keep_result")
+        }
         values["integration"] = self.integration[:100]
         values["endpoint"] = self.endpoint[:100]
         if self.ended_at is not None:
@@ -50,12 +69,236 @@ class RunRecord:
         return values
 
 
-def insert(engine: Engine, record: RunRecord) -> None:
+def save(engine: Engine, box: Box, record: RunRecord, body: dict[str, Any] | None) -> None:
+    values = record.values()
+    if record.keep_result and body is not None:
+        values["result"] = box.encrypt(json.dumps(body))
     with engine.begin() as c:
-        c.execute(Run.__table__.insert().values(**record.values()))
+        if record.stored:
+            values.pop("id")
+            statement = update(Run).where(Run.id == record.id)
+            if record.worker_id is not None:
+                # A worker whose lease was taken over must not overwrite the new owner's result.
+                statement = statement.where(Run.worker_id == record.worker_id, Run.status == "running")
+            c.execute(statement.values(**values))
+        else:
+            values["created_at"] = record.started_at
+            c.execute(Run.__table__.insert().values(**values))
+
+
+def create_pending(
+    engine: Engine,
+    box: Box,
+    *,
+    record: RunRecord,
+    params: dict[str, Any],
+    status: str = "pending",
+    expires_at: dt.datetime | None = None,
+    callback_url: str | None = None,
+    idempotency_key: str | None = None,
+    request_hash: str | None = None,
+    approval: str | None = None,
+    approval_expires_at: dt.datetime | None = None,
+    waitpoint_id: str | None = None,
+) -> None:
+    values = record.values()
+    values.update(
+        status=status,
+        created_at=record.started_at,
+        started_at=None,
+        request=box.encrypt(json.dumps({"params": params})),
+        expires_at=expires_at,
+        callback_url=callback_url,
+        idempotency_key=idempotency_key,
+        request_hash=request_hash,
+        approval=approval,
+        approval_expires_at=approval_expires_at,
+        waitpoint_id=waitpoint_id,
+    )
+    with engine.begin() as c:
+        c.execute(Run.__table__.insert().values(**values))
+
+
+def create_started(engine: Engine, record: RunRecord, *, idempotency_key: str, request_hash: str) -> None:
+    """A direct call's row written before the call, so an idempotent repeat can see it running."""
+    values = record.values()
+    values.update(created_at=record.started_at, idempotency_key=idempotency_key, request_hash=request_hash)
+    with engine.begin() as c:
+        c.execute(Run.__table__.insert().values(**values))
 
 
 def get(engine: Engine, run_id: str, user_id: int) -> Run | None:
     with engine.connect() as c:
         row = c.execute(select(Run.__table__).where(Run.id == run_id, Run.user_id == user_id)).first()
     return Run(**row._mapping) if row else None
+
+
+def get_any(engine: Engine, run_id: str) -> Run | None:
+    with engine.connect() as c:
+        row = c.execute(select(Run.__table__).where(Run.id == run_id)).first()
+    return Run(**row._mapping) if row else None
+
+
+def by_idempotency_key(engine: Engine, api_key_id: int, key: str) -> Run | None:
+    with engine.connect() as c:
+        row = c.execute(select(Run.__table__).where(Run.api_key_id == api_key_id, Run.idempotency_key == key)).first()
+    return Run(**row._mapping) if row else None
+
+
+def result_of(box: Box, run: Run) -> dict[str, Any] | None:
+    return json.loads(box.decrypt(run.result) or "null") if run.result else None
+
+
+def request_of(box: Box, run: Run) -> dict[str, Any]:
+    return json.loads(box.decrypt(run.request) or "{}") if run.request else {}
+
+
+def in_queue(engine: Engine, user_id: int, queue_name: str, up_to: str | None = None) -> int:
+    """Calls ahead of and including `up_to` (or all) that are pending or running in one queue."""
+    statement = select(func.count()).where(
+        Run.user_id == user_id, Run.queue_name == queue_name, Run.status.in_(("pending", "running"))
+    )
+    if up_to is not None:
+        statement = statement.where(Run.id <= up_to)
+    with engine.connect() as c:
+        return int(c.execute(statement).scalar_one())
+
+
+def cancel(engine: Engine, run_id: str, user_id: int) -> bool:
+    """Only a pending run can be removed; the status check and the change are one statement,
+    so a worker's claim (which also requires `pending`) and a cancel can never both win."""
+    with engine.begin() as c:
+        return (
+            c.execute(
+                update(Run)
+                .where(Run.id == run_id, Run.user_id == user_id, Run.status == "pending")
+                .values(status="cancelled", ended_at=utcnow(), error_code="cancelled", http_status=None)
+            ).rowcount
+            == 1
+        )
+
+
+def claim(engine: Engine, worker_id: str, lease: dt.timedelta) -> Run | None:
+    """Takes the oldest runnable call: pending, not held for approval, and first in its queue
+    with nothing of its queue running. One statement, so two workers never take the same run."""
+    now = utcnow()
+    other = aliased(Run)
+    blocked = exists().where(
+        other.user_id == Run.user_id,
+        other.queue_name == Run.queue_name,
+        or_(other.status == "running", and_(other.status == "pending", other.id < Run.id)),
+    )
+    candidate = (
+        select(Run.id)
+        .where(Run.status == "pending", or_(Run.approval.is_(None), Run.approval == "approved"), ~blocked)
+        .order_by(Run.id)
+        .limit(1)
+    )
+    if engine.dialect.name == "postgresql":
+        candidate = candidate.with_for_update(skip_locked=True)
+    statement = (
+        update(Run)
+        .where(Run.id == candidate.scalar_subquery(), Run.status == "pending")
+        .values(status="running", worker_id=worker_id, lease_until=now + lease, started_at=now)
+        .returning(*Run.__table__.columns)
+    )
+    with engine.begin() as c:
+        row = c.execute(statement).first()
+    return Run(**row._mapping) if row else None
+
+
+def extend_lease(engine: Engine, run_id: str, worker_id: str, lease: dt.timedelta) -> bool:
+    with engine.begin() as c:
+        return (
+            c.execute(
+                update(Run)
+                .where(Run.id == run_id, Run.worker_id == worker_id, Run.status == "running")
+                .values(lease_until=utcnow() + lease)
+            ).rowcount
+            == 1
+        )
+
+
+def expired_leases(engine: Engine) -> list[Run]:
+    with engine.connect() as c:
+        rows = c.execute(select(Run.__table__).where(Run.status == "running", Run.lease_until < utcnow())).all()
+    return [Run(**r._mapping) for r in rows]
+
+
+def recover(engine: Engine, run: Run, retry: bool) -> bool:
+    """A lease ran out: the worker died. Retry a call that is safe to retry, or fail it."""
+    values: dict[str, Any]
+    if retry:
+        values = dict(status="pending", worker_id=None, lease_until=None, started_at=None)
+    else:
+        values = dict(
+            status="failed",
+            worker_id=None,
+            lease_until=None,
+            ended_at=utcnow(),
+            error_code="worker_lost",
+            error_message="The worker running this call stopped before it finished.",
+            http_status=500,
+        )
+    with engine.begin() as c:
+        return (
+            c.execute(
+                update(Run)
+                .where(Run.id == run.id, Run.status == "running", Run.lease_until == run.lease_until)
+                .values(**values)
+            ).rowcount
+            == 1
+        )
+
+
+def purge(engine: Engine) -> tuple[int, int]:
+    """Deletes records past their `expires`, and frees idempotency keys older than 24 hours."""
+    now = utcnow()
+    with engine.begin() as c:
+        deleted = c.execute(delete(Run).where(Run.expires_at < now, Run.status != "running")).rowcount
+        freed = c.execute(
+            update(Run)
+            .where(Run.idempotency_key.is_not(None), Run.created_at < now - IDEMPOTENCY_TTL)
+            .values(idempotency_key=None)
+        ).rowcount
+    return deleted, freed
+
+
+@dataclasses.dataclass
+class RunFilter:
+    user_id: int
+    integrations: list[str] | None = None  # a key limited to some integrations sees only theirs
+    integration: str | None = None
+    endpoint: str | None = None
+    queue: str | None = None
+    statuses: list[str] | None = None
+    api_key_id: int | None = None
+    since: dt.datetime | None = None
+    until: dt.datetime | None = None
+    before_id: str | None = None
+    limit: int = 50
+
+
+def search(engine: Engine, f: RunFilter) -> list[Run]:
+    statement = select(Run.__table__).where(Run.user_id == f.user_id)
+    if f.integrations is not None:
+        statement = statement.where(Run.integration.in_(f.integrations))
+    if f.integration:
+        statement = statement.where(Run.integration == f.integration)
+    if f.endpoint:
+        statement = statement.where(Run.endpoint == f.endpoint)
+    if f.queue:
+        statement = statement.where(Run.queue_name == f.queue)
+    if f.statuses:
+        statement = statement.where(Run.status.in_(f.statuses))
+    if f.api_key_id is not None:
+        statement = statement.where(Run.api_key_id == f.api_key_id)
+    if f.since:
+        statement = statement.where(Run.created_at >= f.since)
+    if f.until:
+        statement = statement.where(Run.created_at < f.until)
+    if f.before_id:
+        statement = statement.where(Run.id < f.before_id)
+    statement = statement.order_by(Run.id.desc()).limit(f.limit)
+    with engine.connect() as c:
+        return [Run(**r._mapping) for r in c.execute(statement).all()]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import httpx
 from sqlalchemy.engine import Engine
@@ -38,6 +40,10 @@ class Services:
     tokens: TokenStore
     http: httpx.AsyncClient
     signers: dict[str, Signer]
+    # Wakes this process's queue worker when a call is queued here (set by the worker).
+    notify_queue: Callable[[], None] = lambda: None
+    # Awaited with (services, run) when a queued or held run ends: waitpoints, metrics.
+    run_finished_hooks: list[Callable[[Any, Any], Awaitable[None]]] = dataclasses.field(default_factory=list)
 
     @classmethod
     def build(cls, settings: Settings, engine: Engine, registry: Registry, http: httpx.AsyncClient) -> Services:

@@ -51,6 +51,10 @@ class Settings:
     # Lets tests and private deployments talk to upstreams over plain http.
     allow_http_upstreams: bool = False
     migrate_on_start: bool = True
+    # Queue workers run inside `gateway serve` unless turned off (then run `gateway worker`).
+    worker_in_serve: bool = True
+    worker_concurrency: int = 8
+    worker_lease_seconds: float = 30.0
 
     @property
     def secret_key(self) -> str:
@@ -133,4 +137,7 @@ def from_env(environ: Mapping[str, str] | None = None) -> Settings:
         log_level=env.get("GATEWAY_LOG_LEVEL", "INFO").upper(),
         allow_http_upstreams=_bool(env.get("GATEWAY_ALLOW_HTTP_UPSTREAMS", "false")),
         migrate_on_start=_bool(env.get("GATEWAY_MIGRATE_ON_START", "true")),
+        worker_in_serve=_bool(env.get("GATEWAY_WORKER_IN_SERVE", "true")),
+        worker_concurrency=int(number("GATEWAY_WORKER_CONCURRENCY", 8)),
+        worker_lease_seconds=number("GATEWAY_WORKER_LEASE_SECONDS", 30.0),
     )

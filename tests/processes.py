@@ -42,7 +42,7 @@ class GatewayProcess:
         self.port = port
         self.url = f"http://127.0.0.1:{port}" if port else None
         # A file, not a pipe: a pipe nobody reads would block a chatty process.
-        self.log = tempfile.TemporaryFile()
+        self.log = tempfile.TemporaryFile()  # noqa: SIM115 (closed when the process is stopped)
         self.process = subprocess.Popen(
             [GATEWAY, *args], env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
         )

@@ -58,6 +58,8 @@ class ProviderState:
         self.rotate_refresh_tokens = True
         self.always_401 = False
         self.next_issue = 1
+        # (queue, seq, started, ended) of every call to /api/public/record/...
+        self.recorded: list[tuple[str, int, float, float]] = []
 
     # Helpers for tests: mint tokens without a browser.
     def mint(self, user: str = "octocat", ttl: int | None = None, scope: str = "repo read:user") -> dict[str, Any]:
@@ -229,6 +231,13 @@ def create_provider(state: ProviderState) -> Starlette:
                 headers={"content-encoding": "gzip"},
                 media_type="text/plain",
             )
+        if sub.startswith("/public/record/"):
+            _, _, _, queue, seq = sub.split("/")
+            started = time.monotonic()
+            await asyncio.sleep(float(request.query_params.get("sleep", "0")))
+            with state.lock:
+                state.recorded.append((queue, int(seq), started, time.monotonic()))
+            return JSONResponse({"queue": queue, "seq": int(seq)})
         if sub == "/public/slow":
             await asyncio.sleep(float(request.query_params.get("seconds", "2")))
             return JSONResponse({"slow": True})

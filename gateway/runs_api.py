@@ -1,0 +1,122 @@
+"""The /v1 routes for run history, queued calls, queues and callback signing."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from . import callbacks, runs
+from .errors import BadRequest, NotFound
+from .models import ApiKey, Run
+from .requests import api_key
+from .services import Services
+from .worker import describe
+
+MAX_LIMIT = 100
+
+
+def _services(request: Request) -> Services:
+    return request.app.state.services
+
+
+def _visible(key: ApiKey, run: Run | None) -> Run | None:
+    # A key limited to some integrations sees only their runs, even of its own person.
+    if run is None or (key.integrations is not None and run.integration not in key.integrations):
+        return None
+    return run
+
+
+def _time(request: Request, name: str) -> dt.datetime | None:
+    value = request.query_params.get(name)
+    if value is None:
+        return None
+    try:
+        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise BadRequest(f"'{name}' must be an ISO 8601 time, e.g. 2026-01-31T12:00:00Z.") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+
+
+async def list_runs(request: Request) -> Response:
+    services = _services(request)
+    key = api_key(services, request)
+    q = request.query_params
+    statuses = [s for value in q.getlist("status") for s in value.split(",") if s]
+    bad = [s for s in statuses if s not in runs.STATUSES]
+    if bad:
+        raise BadRequest(f"Unknown status {bad[0]!r}; use one of {', '.join(runs.STATUSES)}.")
+    try:
+        limit = int(q.get("limit", "20"))
+    except ValueError:
+        raise BadRequest("'limit' must be a number.") from None
+    if not 1 <= limit <= MAX_LIMIT:
+        raise BadRequest(f"'limit' must be from 1 to {MAX_LIMIT}.")
+    found = runs.search(
+        services.engine,
+        runs.RunFilter(
+            user_id=key.user_id,
+            integrations=key.integrations,
+            integration=q.get("integration"),
+            endpoint=q.get("endpoint"),
+            queue=q.get("queue"),
+            statuses=statuses or None,
+            since=_time(request, "from"),
+            until=_time(request, "to"),
+            before_id=q.get("cursor"),
+            limit=limit + 1,
+        ),
+    )
+    page = found[:limit]
+    next_cursor = page[-1].id if len(found) > limit else None
+    return JSONResponse({"runs": [describe(services, r) for r in page], "next_cursor": next_cursor})
+
+
+async def show_run(request: Request) -> Response:
+    services = _services(request)
+    key = api_key(services, request)
+    run = _visible(key, runs.get(services.engine, request.path_params["run_id"], key.user_id))
+    if run is None:
+        raise NotFound("There is no such run.")
+    return JSONResponse(describe(services, run))
+
+
+async def cancel_run(request: Request) -> Response:
+    services = _services(request)
+    key = api_key(services, request)
+    run_id = request.path_params["run_id"]
+    run = _visible(key, runs.get(services.engine, run_id, key.user_id))
+    if run is None:
+        raise NotFound("There is no such run.")
+    if runs.cancel(services.engine, run_id, key.user_id):
+        for hook in services.run_finished_hooks:
+            cancelled = runs.get(services.engine, run_id, key.user_id)
+            await hook(services, cancelled)
+        return JSONResponse({"removed": True, "message": "The call was removed from its queue."})
+    current = runs.get(services.engine, run_id, key.user_id)
+    status = current.status if current else "gone"
+    return JSONResponse({"removed": False, "message": f"Only pending calls can be removed; this one is {status}."})
+
+
+async def queue_size(request: Request) -> Response:
+    services = _services(request)
+    key = api_key(services, request)
+    name = request.path_params["name"]
+    return JSONResponse({"queue_name": name, "in_queue": runs.in_queue(services.engine, key.user_id, name)})
+
+
+async def callback_secret(request: Request) -> Response:
+    services = _services(request)
+    key = api_key(services, request)
+    return JSONResponse({"secret": callbacks.secret_for(services.settings, key), "scheme": "t=<unix>,v1=<hex>"})
+
+
+routes = [
+    Route("/v1/runs", list_runs, methods=["GET"]),
+    Route("/v1/runs/{run_id}", show_run, methods=["GET"]),
+    Route("/v1/runs/{run_id}/cancel", cancel_run, methods=["POST"]),
+    Route("/v1/queues/{name}", queue_size, methods=["GET"]),
+    Route("/v1/callbacks/secret", callback_secret, methods=["GET"]),
+]

@@ -1,0 +1,188 @@
+"""Workers: claim queued calls, run them through the same pipeline, recover lost leases.
+
+Several workers (in `gateway serve` processes or `gateway worker` processes,
+on several machines) share one database. A claim is one atomic statement
+(`FOR UPDATE SKIP LOCKED` on PostgreSQL), a running call holds a lease that
+its worker extends, and a lease that runs out means the worker died.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import os
+from typing import Any
+
+from . import callbacks, keys, runs
+from .errors import GatewayError, Unauthorized
+from .execute import execute
+from .models import Run
+from .runs import RunRecord
+from .services import Services
+
+logger = logging.getLogger("gateway.worker")
+
+HOUSEKEEPING_EVERY = 1.0
+IDLE_POLL = 0.5
+
+
+def describe(services: Services, run: Run) -> dict[str, Any]:
+    """A run as the API shows it; `result` is the body a direct call would have answered."""
+    described: dict[str, Any] = {
+        "id": run.id,
+        "status": run.status,
+        "integration": run.integration,
+        "endpoint": run.endpoint,
+        "queue_name": run.queue_name,
+        "http_status": run.http_status,
+        "upstream_status": run.upstream_status,
+        "error_code": run.error_code,
+        "attempts": run.attempts,
+        "refreshed": run.refreshed,
+        "created_at": run.created_at.isoformat() if run.created_at else None,
+        "started_at": run.started_at.isoformat() if run.started_at else None,
+        "ended_at": run.ended_at.isoformat() if run.ended_at else None,
+        "expires_at": run.expires_at.isoformat() if run.expires_at else None,
+    }
+    if run.approval:
+        described["approval"] = run.approval
+    if run.waitpoint_id:
+        described["waitpoint_id"] = run.waitpoint_id
+    if run.status in runs.TERMINAL:
+        described["result"] = runs.result_of(services.box, run)
+    return described
+
+
+class Worker:
+    def __init__(self, services: Services, concurrency: int = 8) -> None:
+        self.services = services
+        self.concurrency = concurrency
+        self.lease = dt.timedelta(seconds=services.settings.worker_lease_seconds)
+        self.id = f"w-{os.getpid()}-{os.urandom(3).hex()}"
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._tasks: list[asyncio.Task[None]] = []
+        self._background: set[asyncio.Task[Any]] = set()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._slot()) for _ in range(self.concurrency)]
+        self._tasks.append(asyncio.create_task(self._housekeeping()))
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """Lets calls in flight finish for `grace` seconds; the rest keep their lease and are recovered."""
+        self._stopping = True
+        self._wake.set()
+        _, pending = await asyncio.wait(self._tasks, timeout=grace) if self._tasks else (set(), set())
+        for task in pending:
+            task.cancel()
+        for task in [*pending, *self._background]:
+            with contextlib.suppress(BaseException):
+                await task
+
+    async def _slot(self) -> None:
+        while not self._stopping:
+            try:
+                run = runs.claim(self.services.engine, self.id, self.lease)
+            except Exception:
+                logger.exception("claiming a queued call failed; retrying")
+                run = None
+            if run is None:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), IDLE_POLL)
+                continue
+            await self.process(run)
+            # Finishing a call may unblock the next one in its queue.
+            self._wake.set()
+
+    async def process(self, run: Run) -> None:
+        services = self.services
+        record = RunRecord(
+            id=run.id,
+            user_id=run.user_id,
+            api_key_id=run.api_key_id,
+            queue_name=run.queue_name,
+            worker_id=self.id,
+            attempts=run.attempts,
+            started_at=run.started_at or run.created_at,
+            stored=True,
+            keep_result=True,
+        )
+        heartbeat = asyncio.create_task(self._heartbeat(run.id))
+        try:
+            key = keys.by_id(services.engine, run.api_key_id) if run.api_key_id else None
+            if key is None or key.revoked_at is not None:
+                error = Unauthorized("The API key that queued this call was revoked.")
+                record.integration, record.endpoint = run.integration, run.endpoint
+                record.error_code, record.error_message = error.code, error.message
+                record.finish("failed", error.status)
+                runs.save(services.engine, services.box, record, error.body(None))
+            else:
+                request = runs.request_of(services.box, run)
+                with contextlib.suppress(GatewayError):
+                    await execute(services, key, run.integration, run.endpoint, request.get("params", {}), record)
+        except Exception:
+            logger.exception("queued call %s failed in the worker", run.id)
+        finally:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+        await self.after(run)
+
+    async def after(self, run: Run) -> None:
+        """Callbacks and waitpoints for a finished run, off the queue's critical path."""
+        finished = runs.get_any(self.services.engine, run.id)
+        if finished is None or finished.status not in runs.TERMINAL:
+            return
+        hooks = self.services.run_finished_hooks
+        for hook in hooks:
+            try:
+                await hook(self.services, finished)
+            except Exception:
+                logger.exception("a run-finished hook failed for %s", run.id)
+        if finished.callback_url and finished.api_key_id:
+            key = keys.by_id(self.services.engine, finished.api_key_id)
+            if key is not None:
+                secret = callbacks.secret_for(self.services.settings, key)
+                payload = describe(self.services, finished)
+                task = asyncio.create_task(
+                    callbacks.deliver(self.services.http, secret, finished.callback_url, payload)
+                )
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
+
+    async def _heartbeat(self, run_id: str) -> None:
+        while True:
+            await asyncio.sleep(self.lease.total_seconds() / 3)
+            runs.extend_lease(self.services.engine, run_id, self.id, self.lease)
+
+    async def _housekeeping(self) -> None:
+        while not self._stopping:
+            try:
+                self.housekeep()
+            except Exception:
+                logger.exception("queue housekeeping failed; retrying")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopped(), HOUSEKEEPING_EVERY)
+
+    async def _stopped(self) -> None:
+        while not self._stopping:
+            await asyncio.sleep(0.2)
+
+    def housekeep(self) -> None:
+        services = self.services
+        for run in runs.expired_leases(services.engine):
+            endpoint = services.registry.endpoint(run.integration, run.endpoint)
+            retry = endpoint is not None and endpoint.retry_safe
+            if runs.recover(services.engine, run, retry):
+                logger.warning("run %s lost its worker; %s", run.id, "queued again" if retry else "failed")
+                if not retry:
+                    task = asyncio.get_running_loop().create_task(self.after(run))
+                    self._background.add(task)
+                    task.add_done_callback(self._background.discard)
+        runs.purge(services.engine)
