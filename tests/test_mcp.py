@@ -17,7 +17,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 from sqlalchemy import update
 
-from gateway import connections, keys, runs
+from gateway import connections, keys, mcp, runs
 from gateway.app import create_app
 from gateway.models import Connection
 from tests.conftest import Gateway, make_settings
@@ -261,6 +261,11 @@ async def test_search_tools_ranks_by_name_then_description(gateway: Gateway, acc
     assert nothing.structured_content == {"tools": [], "total": 0}
 
 
+# PostgreSQL too: the wait compares stored timestamps, which the two databases keep differently.
+BOTH_DATABASES = pytest.mark.parametrize("database_url", ["sqlite", "postgres"], indirect=True)
+
+
+@BOTH_DATABASES
 async def test_wait_for_connection_returns_when_the_person_connects(gateway: Gateway, provider) -> None:
     user_id = gateway.user()
     secret = gateway.key(user_id)
@@ -301,7 +306,8 @@ async def test_wait_for_connection_waits_for_a_new_connection_and_is_bounded(gat
     assert too_long["error"] == "bad_request"
 
 
-async def test_a_connection_saved_while_waiting_ends_the_wait_with_progress(gateway: Gateway, account, provider):
+@BOTH_DATABASES
+async def test_a_reconnection_while_waiting_ends_the_wait(gateway: Gateway, account) -> None:
     user_id, secret = account
     box = gateway.box
 
@@ -357,3 +363,23 @@ def _set_status(gateway: Gateway, user_id: int, integration: str, status: str) -
             .where(Connection.user_id == user_id, Connection.integration == integration)
             .values(status=status)
         )
+
+
+@MODES
+async def test_waiting_reports_progress(gateway: Gateway, account, monkeypatch, mode: str) -> None:
+    user_id, secret = account
+    monkeypatch.setattr(mcp, "PROGRESS_EVERY", 0.2)
+    _set_status(gateway, user_id, "github", "needs_reconnect")
+    reported: list[tuple[float, float | None, str | None]] = []
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        reported.append((progress, total, message))
+
+    async with mcp_client(gateway, secret, mode) as client:
+        result = await client.call_tool(
+            "wait_for_connection", {"integration": "github", "timeout_seconds": 1.5}, progress_callback=on_progress
+        )
+    assert result.structured_content["completed"] is False
+    assert len(reported) >= 2
+    assert all(total == 1.5 and message == "Waiting for the person to connect GitHub" for _, total, message in reported)
+    assert [p for p, _, _ in reported] == sorted(p for p, _, _ in reported)
