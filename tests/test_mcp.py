@@ -19,6 +19,7 @@ from sqlalchemy import update
 
 from gateway import connections, keys, mcp, runs
 from gateway.app import create_app
+from gateway.errors import IntegrationNotConnected
 from gateway.models import Connection
 from tests.conftest import Gateway, make_settings
 from tests.servers import ServerThread
@@ -383,3 +384,27 @@ async def test_waiting_reports_progress(gateway: Gateway, account, monkeypatch, 
     assert len(reported) >= 2
     assert all(total == 1.5 and message == "Waiting for the person to connect GitHub" for _, total, message in reported)
     assert [p for p, _, _ in reported] == sorted(p for p, _, _ in reported)
+
+
+def test_the_error_text_leads_with_what_to_fix() -> None:
+    exc = IntegrationNotConnected(
+        "GitHub is not connected for this account.",
+        action_url="https://gw.example/dashboard/integrations/github",
+        extra={"waitpoint": {"id": "waitpoint_1", "wait_url": "https://gw.example/w/1"}},
+        headers={"X-Run-Id": "run_1"},
+    )
+    result = mcp.error_result(exc, "req_1", "github")
+    [content] = result.content
+    assert isinstance(content, types.TextContent)
+    assert content.text.splitlines() == [
+        "error: integration_not_connected",
+        "message: GitHub is not connected for this account.",
+        "action_url: https://gw.example/dashboard/integrations/github",
+        'waitpoint: {"id": "waitpoint_1", "wait_url": "https://gw.example/w/1"}',
+        "next_step: Ask the person to open action_url to connect github, then call wait_for_connection with "
+        '{"integration": "github"} and retry.',
+        "request_id: req_1",
+        "run_id: run_1",
+    ]
+    assert result.is_error
+    assert result.structured_content["waitpoint"] == {"id": "waitpoint_1", "wait_url": "https://gw.example/w/1"}
