@@ -1,0 +1,89 @@
+"""Run history as the dashboard reads it: filtered pages, single runs, today's counts.
+
+Only display columns are selected: the encrypted request and result, the
+callback URL and the request hash never leave the database through here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+
+from sqlalchemy import func, select
+from sqlalchemy.engine import Engine
+
+from .models import Connection, Run, utcnow
+
+PAGE_SIZE = 50
+SHOWN = [
+    c
+    for c in Run.__table__.columns
+    if c.name not in {"request", "result", "callback_url", "request_hash", "idempotency_key"}
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class Filters:
+    integration: str | None = None
+    endpoint: str | None = None
+    status: str | None = None
+    key_id: int | None = None
+
+    @property
+    def active(self) -> bool:
+        return any(v is not None for v in dataclasses.astuple(self))
+
+
+def utc_midnight(now: dt.datetime | None = None) -> dt.datetime:
+    now = (now or utcnow()).astimezone(dt.UTC)
+    return now.replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def page(
+    engine: Engine, user_id: int, filters: Filters, before: str | None = None, limit: int = PAGE_SIZE
+) -> tuple[list[Run], str | None]:
+    """Newest first; returns the runs and the cursor for the next (older) page, if any."""
+    statement = select(*SHOWN).where(Run.user_id == user_id)
+    if filters.integration:
+        statement = statement.where(Run.integration == filters.integration)
+    if filters.endpoint:
+        statement = statement.where(Run.endpoint == filters.endpoint)
+    if filters.status:
+        statement = statement.where(Run.status == filters.status)
+    if filters.key_id is not None:
+        statement = statement.where(Run.api_key_id == filters.key_id)
+    if before:
+        # Ids are time-ordered, so the id is the cursor.
+        statement = statement.where(Run.id < before)
+    with engine.connect() as c:
+        rows = c.execute(statement.order_by(Run.id.desc()).limit(limit + 1)).all()
+    found = [Run(**r._mapping) for r in rows[:limit]]
+    return found, (found[-1].id if len(rows) > limit else None)
+
+
+def get(engine: Engine, user_id: int, run_id: str) -> Run | None:
+    with engine.connect() as c:
+        row = c.execute(select(*SHOWN).where(Run.id == run_id, Run.user_id == user_id)).first()
+    return Run(**row._mapping) if row else None
+
+
+def calls_today(engine: Engine, user_id: int) -> int:
+    with engine.connect() as c:
+        return c.execute(
+            select(func.count()).select_from(Run).where(Run.user_id == user_id, Run.created_at >= utc_midnight())
+        ).scalar_one()
+
+
+def calls_today_by_key(engine: Engine, user_id: int) -> dict[int, int]:
+    with engine.connect() as c:
+        rows = c.execute(
+            select(Run.api_key_id, func.count())
+            .where(Run.user_id == user_id, Run.created_at >= utc_midnight(), Run.api_key_id.is_not(None))
+            .group_by(Run.api_key_id)
+        ).all()
+    return {key_id: count for key_id, count in rows}
+
+
+def connections_count(engine: Engine, user_id: int) -> int:
+    with engine.connect() as c:
+        return c.execute(select(func.count()).select_from(Connection).where(Connection.user_id == user_id)).scalar_one()

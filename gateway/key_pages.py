@@ -1,0 +1,156 @@
+"""API key pages: create (the secret is shown once), list, change which integrations a key may use, revoke."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.engine import Engine
+from starlette.datastructures import FormData
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from . import history, keys
+from .models import ApiKey, User
+from .web import action, field, page, redirect, render, services_of
+
+MAX_DAILY_LIMIT = 1_000_000_000
+
+
+def keys_for(engine: Engine, user_id: int) -> list[ApiKey]:
+    with engine.connect() as c:
+        rows = c.execute(select(ApiKey.__table__).where(ApiKey.user_id == user_id).order_by(ApiKey.id.desc())).all()
+    return [ApiKey(**r._mapping) for r in rows]
+
+
+def active_keys(engine: Engine, user_id: int) -> list[ApiKey]:
+    return [k for k in keys_for(engine, user_id) if k.revoked_at is None]
+
+
+def key_for(engine: Engine, user_id: int, key_id: int) -> ApiKey | None:
+    with engine.connect() as c:
+        row = c.execute(select(ApiKey.__table__).where(ApiKey.id == key_id, ApiKey.user_id == user_id)).first()
+    return ApiKey(**row._mapping) if row else None
+
+
+def _update(engine: Engine, user_id: int, key_id: int, **values: Any) -> bool:
+    with engine.begin() as c:
+        statement = update(ApiKey).where(ApiKey.id == key_id, ApiKey.user_id == user_id, ApiKey.revoked_at.is_(None))
+        return c.execute(statement.values(**values)).rowcount == 1
+
+
+class FormProblem(ValueError):
+    """A key form field that cannot be used; the message says which and why."""
+
+
+def _choices(request: Request, form: FormData) -> tuple[str, list[str] | None, int | None]:
+    """Name, allowed integrations (None = all) and daily limit from a key form."""
+    registry = services_of(request).registry
+    name = field(form, "name", 200).strip()
+    allowed: list[str] | None = None
+    if field(form, "access") != "all":
+        picked = [v for v in form.getlist("integrations") if isinstance(v, str)]
+        unknown = [v for v in picked if registry.get(v) is None]
+        if unknown:
+            raise FormProblem("Choose integrations from the list.")
+        if not picked:
+            raise FormProblem("Choose at least one integration, or allow all of them.")
+        allowed = sorted(set(picked))
+    raw_limit = field(form, "daily_limit", 20).strip()
+    limit: int | None = None
+    if raw_limit:
+        if not (raw_limit.isascii() and raw_limit.isdigit()) or not 1 <= int(raw_limit) <= MAX_DAILY_LIMIT:
+            raise FormProblem("The daily limit must be a whole number of calls, at least 1 (or empty for none).")
+        limit = int(raw_limit)
+    return name, allowed, limit
+
+
+def _list(request: Request, user: User, *, error: str | None = None, status: int = 200) -> Response:
+    services = services_of(request)
+    every = keys_for(services.engine, user.id or 0)
+    context = {
+        "active": [k for k in every if k.revoked_at is None],
+        "revoked": [k for k in every if k.revoked_at is not None],
+        "today": history.calls_today_by_key(services.engine, user.id or 0),
+        "integrations": list(services.registry),
+        "error": error,
+        "done": request.query_params.get("done") == "revoked",
+    }
+    return render(request, "keys.html", context, status)
+
+
+@page
+async def keys_page(request: Request, user: User) -> Response:
+    return _list(request, user)
+
+
+@action
+async def create_key(request: Request, user: User, form: FormData) -> Response:
+    services = services_of(request)
+    try:
+        name, allowed, limit = _choices(request, form)
+    except FormProblem as exc:
+        return _list(request, user, error=str(exc), status=400)
+    key, secret = keys.create(services.engine, user.id or 0, name, allowed, limit)
+    # Shown in this response only: the secret is in no URL, cookie or log, and the page is not cached.
+    return render(request, "key_created.html", {"key": key, "secret": secret}, 201)
+
+
+def _key(request: Request, user: User) -> ApiKey:
+    raw = request.path_params["key_id"]
+    key = (
+        key_for(services_of(request).engine, user.id or 0, int(raw))
+        if raw.isascii() and raw.isdigit() and len(raw) < 12
+        else None
+    )
+    if key is None:
+        raise HTTPException(404, "There is no API key with that id in your account.")
+    return key
+
+
+def _detail(request: Request, user: User, key: ApiKey, *, error: str | None = None, status: int = 200) -> Response:
+    services = services_of(request)
+    context = {
+        "key": key,
+        "calls_today": history.calls_today_by_key(services.engine, user.id or 0).get(key.id or 0, 0),
+        "integrations": list(services.registry),
+        "error": error,
+        "done": request.query_params.get("done") == "saved",
+    }
+    return render(request, "key.html", context, status)
+
+
+@page
+async def key_page(request: Request, user: User) -> Response:
+    return _detail(request, user, _key(request, user))
+
+
+@action
+async def update_key(request: Request, user: User, form: FormData) -> Response:
+    key = _key(request, user)
+    if key.revoked_at is not None:
+        return _detail(request, user, key, error="This key is revoked; create a new one instead.", status=400)
+    try:
+        name, allowed, limit = _choices(request, form)
+    except FormProblem as exc:
+        return _detail(request, user, key, error=str(exc), status=400)
+    _update(services_of(request).engine, user.id or 0, key.id or 0, name=name, integrations=allowed, daily_limit=limit)
+    return redirect(f"/dashboard/keys/{key.id}?done=saved")
+
+
+@action
+async def revoke_key(request: Request, user: User, form: FormData) -> Response:
+    key = _key(request, user)
+    keys.revoke(services_of(request).engine, key.id or 0, user_id=user.id)
+    return redirect("/dashboard/keys?done=revoked")
+
+
+routes = [
+    Route("/dashboard/keys", keys_page, methods=["GET"]),
+    Route("/dashboard/keys", create_key, methods=["POST"]),
+    Route("/dashboard/keys/{key_id}", key_page, methods=["GET"]),
+    Route("/dashboard/keys/{key_id}", update_key, methods=["POST"]),
+    Route("/dashboard/keys/{key_id}/revoke", revoke_key, methods=["POST"]),
+]
