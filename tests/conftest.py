@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import os
 import secrets
 from collections.abc import Iterator
@@ -14,7 +15,7 @@ from gateway.app import create_app
 from gateway.crypto import Box
 from gateway.settings import IntegrationOverrides, Settings
 from tests.fakes.provider import CLIENT_ID, CLIENT_SECRET, ProviderState, create_provider
-from tests.servers import ServerThread
+from tests.servers import ServerThread, free_port
 
 TESTS = Path(__file__).resolve().parent
 PG_URL = os.environ.get("GATEWAY_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -172,3 +173,28 @@ def account(gateway: Gateway, provider: ProviderState) -> tuple[int, str]:
     user_id = gateway.user()
     gateway.connect(user_id, provider)
     return user_id, gateway.key(user_id, name="test")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Browser tests run last: Playwright's sync API leaves an event loop behind that later tests would trip on."""
+    items.sort(key=lambda item: item.get_closest_marker("browser") is not None)
+
+
+@pytest.fixture
+def public_gateway(database_url: str, provider: ProviderState) -> Iterator[Gateway]:
+    """A running gateway whose public URL is its own address, for flows a browser follows back to it."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    revoke = f"{provider.url}/oauth/revoke"  # type: ignore[attr-defined]
+    overrides = {
+        name: dataclasses.replace(fake, revoke_url=revoke)
+        for name, fake in provider_overrides(provider.url).items()  # type: ignore[attr-defined]
+    }
+    settings = make_settings(database_url, provider.url, public_url=url, integrations=overrides)  # type: ignore[attr-defined]
+    server = ServerThread(create_app(settings), port=port).start()
+    gw = Gateway(settings, server)
+    try:
+        yield gw
+    finally:
+        gw.http.close()
+        server.stop()
