@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from . import callbacks, runs, upstream
+from . import approvals, callbacks, runs, upstream
 from .errors import BadRequest, IdempotencyInProgress, IdempotencyMismatch, NotFound
 from .execute import execute, resolve
 from .models import ApiKey, Run, utcnow
@@ -100,17 +100,16 @@ async def _submit(
     record.user_id, record.api_key_id = key.user_id, key.id
     record.integration, record.endpoint = integration, endpoint_name
     record.queue_name = options["queue"] or record.id
-    expires_at = utcnow() + timedelta(seconds=options["expires"]) if options["expires"] else None
-    runs.create_pending(
-        services.engine,
-        services.box,
-        record=record,
-        params=params,
-        expires_at=expires_at,
+    queued = dict(
+        expires_at=utcnow() + timedelta(seconds=options["expires"]) if options["expires"] else None,
         callback_url=options["callback_url"],
         idempotency_key=idempotency[0] if idempotency else None,
         request_hash=idempotency[1] if idempotency else None,
     )
+    if approvals.needed(key, endpoint):
+        held = approvals.hold(services, key, endpoint, params, record, **queued)
+        return JSONResponse(held, status_code=202, headers={"X-Run-Id": record.id})
+    runs.create_pending(services.engine, services.box, record=record, params=params, **queued)
     services.notify_queue()
     run = runs.get(services.engine, record.id, key.user_id)
     assert run is not None

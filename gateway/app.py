@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import re
@@ -16,12 +17,12 @@ from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import api, dashboard, db, mcp, runs_api, specs, tools, web
+from . import api, dashboard, db, mcp, runs_api, specs, tools, waitpoints_api, web
 from .errors import GatewayError, InternalError, MethodNotAllowed, NotFound
 from .logs import request_id_var
 from .services import Services, make_http_client
 from .settings import Settings
-from .worker import Worker
+from .worker import Worker, sweeper
 
 logger = logging.getLogger("gateway.app")
 
@@ -102,6 +103,8 @@ def create_app(settings: Settings, registry: specs.Registry | None = None) -> St
             services = Services.build(settings, engine, registry, http)
             app.state.services = services
             worker = None
+            # Without a worker here, something must still time out waitpoints and approvals on time.
+            sweeping = None if settings.worker_in_serve else asyncio.create_task(sweeper(services))
             if settings.worker_in_serve:
                 worker = Worker(services, settings.worker_concurrency)
                 services.notify_queue = worker.wake
@@ -112,6 +115,8 @@ def create_app(settings: Settings, registry: specs.Registry | None = None) -> St
             finally:
                 if worker is not None:
                     await worker.stop()
+                if sweeping is not None:
+                    sweeping.cancel()
         engine.dispose()
 
     app = Starlette(
@@ -120,6 +125,7 @@ def create_app(settings: Settings, registry: specs.Registry | None = None) -> St
             *tools.routes,
             *mcp_endpoint.routes,
             *runs_api.routes,
+            *waitpoints_api.routes,
             *api.routes,
             *dashboard.routes,
             Mount("/static", StaticFiles(directory=web.STATIC), name="static"),

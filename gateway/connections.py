@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import delete, select, update
 from sqlalchemy.engine import Engine
 
+from . import waitpoints
 from .crypto import Box
 from .models import Connection, utcnow
 
@@ -82,6 +83,7 @@ def save(
             )
     found = get(engine, user_id, integration)
     assert found is not None
+    waitpoints.connected(engine, user_id, integration, now)
     return found
 
 

@@ -6,6 +6,7 @@
     ├── TokenExpired               401 token_expired
     ├── IntegrationNotConnected    403 integration_not_connected
     ├── ScopeNotAllowed            403 scope_not_allowed
+    ├── ApprovalDenied             403 approval_denied
     ├── PlanLimitReached           403 plan_limit_reached
     ├── NotFound                   404 not_found
     ├── MethodNotAllowed           405 method_not_allowed
@@ -88,6 +89,12 @@ class ScopeNotAllowed(GatewayError):
     """The API key is not allowed to use this integration."""
 
     code, status = "scope_not_allowed", 403
+
+
+class ApprovalDenied(GatewayError):
+    """The person rejected this call on the approvals page, or its approval expired."""
+
+    code, status = "approval_denied", 403
 
 
 class PlanLimitReached(GatewayError):

@@ -6,7 +6,7 @@ import dataclasses
 import logging
 from typing import Any
 
-from . import connections, keys, links, runs, upstream
+from . import approvals, connections, keys, links, runs, upstream, waitpoints
 from .errors import (
     BadRequest,
     GatewayError,
@@ -14,6 +14,7 @@ from .errors import (
     InternalError,
     NotFound,
     ScopeNotAllowed,
+    TokenExpired,
     UpstreamTimeout,
 )
 from .models import ApiKey, Connection
@@ -21,6 +22,7 @@ from .runs import RunRecord
 from .services import Services
 from .specs import ApiKeyAuth, CompiledEndpoint, OAuth2Auth
 from .tokens import is_expired
+from .waitpoints_api import reference
 
 logger = logging.getLogger("gateway.execute")
 
@@ -154,8 +156,15 @@ async def execute(
     try:
         endpoint = resolve(services, key, integration, endpoint_name)
         validated = upstream.validate_params(endpoint, params)
+        if not record.from_queue and approvals.needed(key, endpoint):
+            held = approvals.hold(services, key, endpoint, validated, record)
+            return CallResult(http_status=202, body=held, headers={"X-Run-Id": record.id})
         result = await call(services, key, endpoint, validated, record)
     except GatewayError as exc:
+        if isinstance(exc, (IntegrationNotConnected, TokenExpired)):
+            # Something an agent can wait on while its person fixes the connection.
+            waitpoint = waitpoints.connection_waitpoint(services.engine, key.user_id, integration)
+            exc.extra["waitpoint"] = reference(services, waitpoint)
         record.error_code, record.error_message = exc.code, exc.message[:500]
         record.finish("timeout" if isinstance(exc, UpstreamTimeout) else "failed", exc.status)
         _save(services, key, record, exc.body(None))

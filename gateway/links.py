@@ -22,3 +22,7 @@ def usage(settings: Settings) -> str:
 
 def run(settings: Settings, run_id: str) -> str:
     return settings.action_url(f"/dashboard/calls/{quote(run_id, safe='')}")
+
+
+def approval(settings: Settings, run_id: str) -> str:
+    return settings.action_url(f"/dashboard/approvals/{quote(run_id, safe='')}")

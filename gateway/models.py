@@ -134,6 +134,7 @@ class Waitpoint(SQLModel, table=True):
     __table_args__ = (
         Index("ix_waitpoints_user_id_id", "user_id", "id"),
         Index("ix_waitpoints_status_timeout", "status", "timeout_at"),
+        UniqueConstraint("user_id", "idempotency_key", name="uq_waitpoints_idempotency"),
     )
 
     id: str = Field(primary_key=True, max_length=48)

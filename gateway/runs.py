@@ -48,6 +48,8 @@ class RunRecord:
     stored: bool = False
     # Set when the final body must be kept (queued and idempotent calls), encrypted.
     keep_result: bool = False
+    # Set by workers: approval and daily limits were settled when the call was queued.
+    from_queue: bool = False
 
     @classmethod
     def start(cls) -> RunRecord:
@@ -60,7 +62,7 @@ class RunRecord:
 
     def values(self) -> dict[str, Any]:
         values = {
-            f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("stored", "keep_result")
+            f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("stored", "keep_result", "from_queue")
         }
         values["integration"] = self.integration[:100]
         values["endpoint"] = self.endpoint[:100]

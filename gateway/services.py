@@ -47,6 +47,8 @@ class Services:
 
     @classmethod
     def build(cls, settings: Settings, engine: Engine, registry: Registry, http: httpx.AsyncClient) -> Services:
+        from .approvals import complete_waitpoint
+
         box = Box(settings.secret_keys)
         return cls(
             settings=settings,
@@ -56,6 +58,7 @@ class Services:
             tokens=TokenStore(settings, engine, box),
             http=http,
             signers={},
+            run_finished_hooks=[complete_waitpoint],
         )
 
     def signer(self, purpose: str, max_age: int | None) -> Signer:

@@ -55,6 +55,7 @@ class Settings:
     worker_in_serve: bool = True
     worker_concurrency: int = 8
     worker_lease_seconds: float = 30.0
+    approval_ttl_seconds: float = 86400.0
 
     @property
     def secret_key(self) -> str:
@@ -140,4 +141,5 @@ def from_env(environ: Mapping[str, str] | None = None) -> Settings:
         worker_in_serve=_bool(env.get("GATEWAY_WORKER_IN_SERVE", "true")),
         worker_concurrency=int(number("GATEWAY_WORKER_CONCURRENCY", 8)),
         worker_lease_seconds=number("GATEWAY_WORKER_LEASE_SECONDS", 30.0),
+        approval_ttl_seconds=number("GATEWAY_APPROVAL_TTL_SECONDS", 86400.0),
     )

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .settings import BUILTIN_INTEGRATIONS, Settings
 
-NAME = r"^[a-z][a-z0-9_-]{0,62}$"
+NAME = r"^[a-z][a-z0-9-]{0,62}$"  # no "_": GATEWAY_<NAME>_* maps "_" back to "-"
 ENDPOINT_NAME = r"^[a-z][a-z0-9_]{0,62}$"
 # Names the /v1 routes use for themselves; no integration may take them.
 RESERVED_NAMES = frozenset({"integrations", "runs", "queues", "waitpoints", "tools", "approvals", "connections"})

@@ -15,7 +15,7 @@ import logging
 import os
 from typing import Any
 
-from . import callbacks, keys, runs
+from . import approvals, callbacks, keys, runs, waitpoints
 from .errors import GatewayError, Unauthorized
 from .execute import execute
 from .models import Run
@@ -53,6 +53,22 @@ def describe(services: Services, run: Run) -> dict[str, Any]:
     if run.status in runs.TERMINAL:
         described["result"] = runs.result_of(services.box, run)
     return described
+
+
+def sweep(services: Services) -> None:
+    """Ends what has run out of time, whether or not anyone is looking: waitpoints and approvals."""
+    waitpoints.expire_due(services.engine)
+    for run in approvals.expire_due(services):
+        waitpoints.complete(services.engine, run.waitpoint_id or "", runs.result_of(services.box, run))
+
+
+async def sweeper(services: Services, every: float = 1.0) -> None:
+    while True:
+        try:
+            sweep(services)
+        except Exception:
+            logger.exception("sweeping timed-out waitpoints and approvals failed; retrying")
+        await asyncio.sleep(every)
 
 
 class Worker:
@@ -112,6 +128,7 @@ class Worker:
             started_at=run.started_at or run.created_at,
             stored=True,
             keep_result=True,
+            from_queue=True,
         )
         heartbeat = asyncio.create_task(self._heartbeat(run.id))
         try:
@@ -176,6 +193,7 @@ class Worker:
 
     def housekeep(self) -> None:
         services = self.services
+        sweep(services)
         for run in runs.expired_leases(services.engine):
             endpoint = services.registry.endpoint(run.integration, run.endpoint)
             retry = endpoint is not None and endpoint.retry_safe

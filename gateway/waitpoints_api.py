@@ -1,0 +1,295 @@
+"""The /v1/waitpoints routes: create, complete (callback URL, API key or public token), wait, read, list."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from . import waitpoints
+from .errors import BadRequest, NotFound, Unauthorized
+from .models import Waitpoint, utcnow
+from .requests import MAX_BODY_BYTES, api_key, bearer, json_object
+from .services import Services
+
+CREATE_FIELDS = {"timeout", "idempotencyKey", "idempotencyKeyTTL", "tags"}
+MAX_WAIT = 120.0
+DEFAULT_WAIT = 30.0
+PERIODS = {
+    "1h": dt.timedelta(hours=1),
+    "1d": dt.timedelta(days=1),
+    "7d": dt.timedelta(days=7),
+    "30d": dt.timedelta(days=30),
+}
+PUBLIC_PREFIX = "wpt_"
+# Completing from a browser on another origin: no cookies are involved, only the token.
+CORS = {
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Allow-Methods": "POST, OPTIONS",
+    "Access-Control-Allow-Headers": "Authorization, Content-Type",
+    "Access-Control-Max-Age": "600",
+}
+
+
+def _services(request: Request) -> Services:
+    return request.app.state.services
+
+
+def _callback_signer(services: Services):  # type: ignore[no-untyped-def]
+    return services.signer("waitpoint-callback", None)
+
+
+def _public_signer(services: Services):  # type: ignore[no-untyped-def]
+    return services.signer("waitpoint-public", None)
+
+
+def urls(services: Services, waitpoint: Waitpoint) -> dict[str, str]:
+    token = _callback_signer(services).dumps(waitpoint.id)
+    base = services.settings.action_url(f"/v1/waitpoints/{waitpoint.id}")
+    return {"url": f"{base}/callback/{token}", "wait_url": f"{base}/wait"}
+
+
+def reference(services: Services, waitpoint: Waitpoint) -> dict[str, str]:
+    """What an error or a held call carries so that a caller can wait on it."""
+    return {"id": waitpoint.id, "wait_url": urls(services, waitpoint)["wait_url"]}
+
+
+def _iso(value: dt.datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def describe(waitpoint: Waitpoint, with_output: bool = True) -> dict[str, Any]:
+    described: dict[str, Any] = {
+        "id": waitpoint.id,
+        "status": waitpoint.status,
+        "kind": waitpoint.kind,
+        "createdAt": _iso(waitpoint.created_at),
+        "completedAt": _iso(waitpoint.completed_at),
+        "timeoutAt": _iso(waitpoint.timeout_at),
+        "idempotencyKey": waitpoint.idempotency_key,
+        "idempotencyKeyExpiresAt": _iso(waitpoint.idempotency_expires_at),
+        "tags": waitpoint.tags or [],
+    }
+    if waitpoint.integration:
+        described["integration"] = waitpoint.integration
+    if with_output:
+        described["output"] = waitpoint.output
+        described["error"] = waitpoint.error
+    return described
+
+
+def _tags(value: Any) -> list[str] | None:
+    if value is None:
+        return None
+    if (
+        not isinstance(value, list)
+        or len(value) > 20
+        or not all(isinstance(t, str) and 1 <= len(t) <= 128 for t in value)
+    ):
+        raise BadRequest("'tags' must be a list of up to 20 strings of 1-128 characters.")
+    return sorted(set(value))
+
+
+async def create(request: Request) -> Response:
+    services = _services(request)
+    key = api_key(services, request)
+    body = await json_object(request)
+    unknown = sorted(set(body) - CREATE_FIELDS)
+    if unknown:
+        raise BadRequest(
+            "The body has fields a waitpoint does not take.",
+            details=[{"field": name, "message": "is not a known field"} for name in unknown],
+        )
+    timeout = waitpoints.parse_duration(body.get("timeout", "10m"), "timeout")
+    ttl = waitpoints.parse_duration(body.get("idempotencyKeyTTL", "1h"), "idempotencyKeyTTL")
+    idempotency_key = body.get("idempotencyKey")
+    if idempotency_key is not None and (not isinstance(idempotency_key, str) or not 1 <= len(idempotency_key) <= 255):
+        raise BadRequest("'idempotencyKey' must be a string of 1-255 characters.")
+    waitpoint, cached = waitpoints.create(
+        services.engine,
+        user_id=key.user_id,
+        api_key_id=key.id,
+        timeout=timeout,
+        idempotency_key=idempotency_key,
+        idempotency_ttl=ttl,
+        tags=_tags(body.get("tags")),
+    )
+    return JSONResponse(
+        {
+            "id": waitpoint.id,
+            "url": urls(services, waitpoint)["url"],
+            "isCached": cached,
+            "publicAccessToken": PUBLIC_PREFIX + _public_signer(services).dumps(waitpoint.id),
+        }
+    )
+
+
+def _completion(services: Services, waitpoint_id: str, output: Any) -> JSONResponse:
+    won = waitpoints.complete(services.engine, waitpoint_id, output)
+    current = waitpoints.get(services.engine, waitpoint_id)
+    status = current.status if current else "UNKNOWN"
+    if won:
+        message = "Completed."
+    elif status == "TIMED_OUT":
+        message = "The waitpoint had already timed out; nothing changed."
+    else:
+        message = "The waitpoint was already completed; the first completion stands."
+    return JSONResponse({"id": waitpoint_id, "completed": won, "status": status, "message": message}, headers=CORS)
+
+
+async def _json_or_empty(request: Request) -> Any:
+    raw = bytearray()
+    async for chunk in request.stream():
+        raw.extend(chunk)
+        if len(raw) > MAX_BODY_BYTES:
+            raise BadRequest(f"The body is larger than {MAX_BODY_BYTES} bytes.")
+    if not raw.strip():
+        return {}
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest("The body must be JSON (or empty).") from None
+
+
+async def callback(request: Request) -> Response:
+    services = _services(request)
+    waitpoint_id = request.path_params["waitpoint_id"]
+    if _callback_signer(services).loads(request.path_params["token"]) != waitpoint_id:
+        raise NotFound("There is no such waitpoint.", headers=CORS)
+    if waitpoints.get(services.engine, waitpoint_id) is None:
+        raise NotFound("There is no such waitpoint.", headers=CORS)
+    return _completion(services, waitpoint_id, await _json_or_empty(request))
+
+
+async def complete(request: Request) -> Response:
+    services = _services(request)
+    waitpoint_id = request.path_params["waitpoint_id"]
+    secret = bearer(request) or ""
+    if secret.startswith(PUBLIC_PREFIX):
+        if _public_signer(services).loads(secret[len(PUBLIC_PREFIX) :]) != waitpoint_id:
+            raise Unauthorized("The public access token is not valid for this waitpoint.", headers=CORS)
+        found = waitpoints.get(services.engine, waitpoint_id)
+    else:
+        key = api_key(services, request)
+        found = waitpoints.get(services.engine, waitpoint_id, key.user_id)
+    if found is None:
+        raise NotFound("There is no such waitpoint.", headers=CORS)
+    body = await _json_or_empty(request)
+    if not isinstance(body, dict) or set(body) - {"data"}:
+        raise BadRequest('Send {"data": <any JSON>} to complete a waitpoint.', headers=CORS)
+    return _completion(services, waitpoint_id, body.get("data", {}))
+
+
+async def preflight(request: Request) -> Response:
+    return Response(status_code=204, headers=CORS)
+
+
+def _seconds(value: str | None) -> float:
+    if value is None:
+        return DEFAULT_WAIT
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = waitpoints.parse_duration(value, "timeout").total_seconds()
+    if not 0 <= seconds <= 24 * 3600:
+        raise BadRequest("'timeout' must be a number of seconds or a duration such as \"30s\".")
+    return min(seconds, MAX_WAIT)
+
+
+async def wait(request: Request) -> Response:
+    services = _services(request)
+    key = api_key(services, request)
+    found = waitpoints.get(services.engine, request.path_params["waitpoint_id"], key.user_id)
+    if found is None:
+        raise NotFound("There is no such waitpoint.")
+    current = await waitpoints.wait(services.engine, found, _seconds(request.query_params.get("timeout")))
+    if current.status == "COMPLETED":
+        return JSONResponse({"ok": True, "output": current.output})
+    if current.status == "TIMED_OUT":
+        return JSONResponse({"ok": False, "error": current.error})
+    return JSONResponse(
+        {
+            "ok": False,
+            "status": "WAITING",
+            "waitAgain": True,
+            "message": "Still waiting: your poll bound ran out first. Call this URL again.",
+            "timeoutAt": _iso(current.timeout_at),
+        },
+        status_code=202,
+    )
+
+
+async def show(request: Request) -> Response:
+    services = _services(request)
+    key = api_key(services, request)
+    found = waitpoints.get(services.engine, request.path_params["waitpoint_id"], key.user_id)
+    if found is None:
+        raise NotFound("There is no such waitpoint.")
+    return JSONResponse(describe(found))
+
+
+def _date(request: Request, name: str) -> dt.datetime | None:
+    value = request.query_params.get(name)
+    if value is None:
+        return None
+    try:
+        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise BadRequest(f"'{name}' must be an ISO 8601 date or time.") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+
+
+async def list_waitpoints(request: Request) -> Response:
+    services = _services(request)
+    key = api_key(services, request)
+    q = request.query_params
+    statuses = [s for value in q.getlist("status") for s in value.split(",") if s]
+    if any(s not in waitpoints.STATUSES for s in statuses):
+        raise BadRequest(f"'status' must be among {', '.join(waitpoints.STATUSES)}.")
+    period = q.get("period")
+    if period is not None and period not in PERIODS:
+        raise BadRequest(f"'period' must be one of {', '.join(PERIODS)}.")
+    since = utcnow() - PERIODS[period] if period else _date(request, "from")
+    try:
+        limit = int(q.get("limit", "20"))
+    except ValueError:
+        raise BadRequest("'limit' must be a number.") from None
+    if not 1 <= limit <= 100:
+        raise BadRequest("'limit' must be from 1 to 100.")
+    tags = [t for value in q.getlist("tags") for t in value.split(",") if t] or None
+    found = waitpoints.search(
+        services.engine,
+        waitpoints.WaitFilter(
+            user_id=key.user_id,
+            statuses=statuses or None,
+            idempotency_key=q.get("idempotencyKey"),
+            tags=tags,
+            since=since,
+            until=_date(request, "to"),
+            before_id=q.get("cursor"),
+            limit=limit + 1,
+        ),
+    )
+    page = found[:limit]
+    return JSONResponse(
+        {
+            "data": [describe(w, with_output=False) for w in page],
+            "nextCursor": page[-1].id if len(found) > limit else None,
+        }
+    )
+
+
+routes = [
+    Route("/v1/waitpoints", create, methods=["POST"]),
+    Route("/v1/waitpoints", list_waitpoints, methods=["GET"]),
+    Route("/v1/waitpoints/{waitpoint_id}", show, methods=["GET"]),
+    Route("/v1/waitpoints/{waitpoint_id}/wait", wait, methods=["GET"]),
+    Route("/v1/waitpoints/{waitpoint_id}/complete", complete, methods=["POST"]),
+    Route("/v1/waitpoints/{waitpoint_id}/complete", preflight, methods=["OPTIONS"]),
+    Route("/v1/waitpoints/{waitpoint_id}/callback/{token}", callback, methods=["POST"]),
+    Route("/v1/waitpoints/{waitpoint_id}/callback/{token}", preflight, methods=["OPTIONS"]),
+]
