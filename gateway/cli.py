@@ -122,7 +122,7 @@ def cmd_keys_create(args: argparse.Namespace, settings: settings_module.Settings
         if unknown:
             print(f"error: unknown integrations: {', '.join(unknown)}", file=sys.stderr)
             return 1
-    key, secret = keys.create(engine, user.id or 0, args.name, allowed, args.daily_limit)
+    key, secret = keys.create(engine, user.id or 0, args.name, allowed, args.daily_limit, args.require_approval)
     data = {"id": key.id, "name": key.name, "prefix": key.prefix, "key": secret, "integrations": allowed}
     _print(data, args.json, f"{secret}\n\nThis key is shown once. Store it now: only its hash is kept.")
     return 0
@@ -250,6 +250,9 @@ def parser() -> argparse.ArgumentParser:
     create_key.add_argument("--name", default="")
     create_key.add_argument("--integrations", help="comma-separated names; all when omitted")
     create_key.add_argument("--daily-limit", type=int, default=None)
+    create_key.add_argument(
+        "--require-approval", action="store_true", help="hold calls to endpoints that are not read-only for approval"
+    )
     list_keys = add(keys_cmd, "list", cmd_keys_list, "List API keys (prefixes only).")
     list_keys.add_argument("--user", help="only this owner's keys")
     revoke = add(keys_cmd, "revoke", cmd_keys_revoke, "Revoke an API key by id.")
