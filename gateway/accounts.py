@@ -97,6 +97,9 @@ async def signup(request: Request) -> Response:
 
 
 async def logout(request: Request) -> Response:
+    if visitor(request).session_id is None:
+        # Already signed out (elsewhere, or the session expired): nothing to change, nothing to check.
+        return redirect(LOGGED_OUT)
     await checked_form(request)
     response = redirect(LOGGED_OUT)
     sign_out(request, response)

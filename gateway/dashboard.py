@@ -73,6 +73,8 @@ async def integrations_page(request: Request, user: User) -> Response:
     services = services_of(request)
     mine = {c.integration: c for c in connections.list_for_user(services.engine, user.id or 0)}
     statuses = [_status(request, i, mine.get(i.name)) for i in services.registry]
+    # What the person uses first, then what they could connect, then what this gateway has not set up.
+    statuses.sort(key=lambda s: (s.connection is None, s.problem is not None))
     return render(request, "integrations.html", {"statuses": statuses})
 
 

@@ -135,7 +135,9 @@ def _claim(engine: Engine, state: str, session_id: str | None) -> OAuthState:
         row = c.execute(select(OAuthState.__table__).where(OAuthState.id == state_id)).first()
         if row is None:
             raise ConnectError("This connection attempt has expired or was already used. Start it again.")
-        if session_id is None or not hmac.compare_digest(row.session_id, session_id):
+        if session_id is None:
+            raise ConnectError("You are signed out in this browser. Sign in, then start the connection again.")
+        if not hmac.compare_digest(row.session_id, session_id):
             raise ConnectError(
                 "This connection attempt was started in another browser session, so it was not used. "
                 "Start it again from your dashboard."

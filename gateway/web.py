@@ -263,6 +263,12 @@ def render(request: Request, name: str, context: dict[str, Any] | None = None, s
 def sign_in(request: Request, response: Response, user: User) -> None:
     services = services_of(request)
     token = sessions.start(services.engine, user)
+    response.delete_cookie(
+        cookie_name(services.settings, "gateway_form"),
+        httponly=True,
+        samesite="lax",
+        secure=services.settings.public_https,
+    )
     response.set_cookie(
         cookie_name(services.settings, "gateway_session"),
         token,
