@@ -18,22 +18,20 @@ from importlib import metadata
 from typing import Any
 from urllib.parse import urlsplit
 
-import anyio
 import mcp_types as types
 from jsonschema import Draft202012Validator
 from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel.server import Server
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecuritySettings
-from sqlalchemy.engine import Engine
 from starlette.requests import Request
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from . import connections, keys, links, tools
+from . import connections, keys, links, tools, waitpoints
 from .errors import BadRequest, GatewayError, NotFound, ServiceUnavailable
 from .execute import CallResult, execute
-from .models import ApiKey, Connection
+from .models import ApiKey, Connection, utcnow
 from .requests import api_key
 from .runs import RunRecord
 from .services import Services
@@ -42,8 +40,7 @@ from .specs import CompiledEndpoint, Integration, Registry
 
 WAIT_DEFAULT = 60
 WAIT_MAX = 300
-POLL_EVERY = 0.5
-# Progress notifications keep the response stream busy and reset clients' request timeouts.
+# Progress notifications while waiting keep the stream busy and reset clients' request timeouts.
 PROGRESS_EVERY = 5.0
 LOOPBACK = ("127.0.0.1", "localhost", "[::1]")
 # The order of the lines of an error's text; other fields follow.
@@ -250,7 +247,7 @@ class McpEndpoint:
         self, caller: Caller, arguments: dict[str, Any], ctx: ServerRequestContext[Any, Any]
     ) -> dict[str, Any]:
         services, integration = caller.services, self._integration(caller, arguments["integration"])
-        connection = connections.get(services.engine, caller.key.user_id, integration.name)
+        connection = self._connection(caller, integration)
         described = describe(services.settings, integration, connection)
         described["action_url"] = links.integration(
             services.settings, integration.name, reconnect=connection is not None
@@ -267,21 +264,27 @@ class McpEndpoint:
         services, integration = caller.services, self._integration(caller, arguments["integration"])
         timeout = float(arguments.get("timeout_seconds", WAIT_DEFAULT))
         message = f"Waiting for the person to connect {integration.display_name}"
-
-        async def progress(elapsed: float) -> None:
-            await ctx.session.report_progress(elapsed, timeout, message)
-
-        user_id = caller.key.user_id
-        connection = await wait_for_new_connection(services.engine, user_id, integration.name, timeout, progress)
-        if connection is not None:
-            return {"completed": True, **describe(services.settings, integration, connection)}
-        current = connections.get(services.engine, user_id, integration.name)
+        engine, user_id, since = services.engine, caller.key.user_id, utcnow()
+        started = time.monotonic()
+        # Waits in steps, with a progress notification between them; `since` keeps one start for all.
+        while (left := timeout - (time.monotonic() - started)) > 0:
+            step = min(PROGRESS_EVERY, left)
+            if await waitpoints.wait_for_connection(engine, user_id, integration.name, step, since=since):
+                return {
+                    "completed": True,
+                    **describe(services.settings, integration, self._connection(caller, integration)),
+                }
+            await ctx.session.report_progress(time.monotonic() - started, timeout, message)
+        current = self._connection(caller, integration)
         waited = {"completed": False, "waited_seconds": timeout, **describe(services.settings, integration, current)}
         if current is not None and current.status == "connected":
             waited["next_step"] = "It was already connected before the wait started; retry the call."
         else:
             waited["next_step"] = "Ask the person to open action_url, then call wait_for_connection again."
         return waited
+
+    def _connection(self, caller: Caller, integration: Integration) -> Connection | None:
+        return connections.get(caller.services.engine, caller.key.user_id, integration.name)
 
     async def _search_tools(
         self, caller: Caller, arguments: dict[str, Any], ctx: ServerRequestContext[Any, Any]
@@ -291,30 +294,6 @@ class McpEndpoint:
             self._integration(caller, integration)
         found = tools.search(self._endpoints(caller, integration), arguments["query"])
         return {"tools": [tools.mcp_tool(e) for e in found[: arguments.get("limit", 10)]], "total": len(found)}
-
-
-async def wait_for_new_connection(
-    engine: Engine, user_id: int, integration: str, timeout: float, progress: Callable[[float], Awaitable[None]]
-) -> Connection | None:
-    """Polls until the connection is `connected` and was (re)made after the wait started, or None on timeout.
-
-    "Made after" is a changed `connected_at`, not a clock comparison, so clock
-    skew between the process saving the connection and this one cannot matter.
-    """
-    before = connections.get(engine, user_id, integration)
-    seen = before.connected_at if before is not None else None
-    started = reported = time.monotonic()
-    while True:
-        current = connections.get(engine, user_id, integration)
-        if current is not None and current.status == "connected" and current.connected_at != seen:
-            return current
-        now = time.monotonic()
-        if now - started >= timeout:
-            return None
-        if now - reported >= PROGRESS_EVERY:
-            reported = now
-            await progress(now - started)
-        await anyio.sleep(min(POLL_EVERY, timeout - (now - started)))
 
 
 def describe(settings: Settings, integration: Integration, connection: Connection | None) -> dict[str, Any]:

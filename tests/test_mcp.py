@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -126,6 +127,9 @@ async def test_an_unconnected_integration_gives_an_actionable_error(gateway: Gat
     assert lines["message"] == "GitHub is not connected for this account."
     assert lines["action_url"] == "http://127.0.0.1:9999/dashboard/integrations/github"
     assert 'wait_for_connection with {"integration": "github"}' in lines["next_step"]
+    waitpoint = json.loads(lines["waitpoint"])
+    assert waitpoint == result.structured_content["waitpoint"]
+    assert waitpoint["id"] and waitpoint["wait_url"].startswith("http://127.0.0.1:9999/")
     assert result.structured_content["error"] == "integration_not_connected"
     assert result.structured_content["action_url"] == lines["action_url"]
     run = runs.get(gateway.engine, lines["run_id"], user_id)
