@@ -333,6 +333,7 @@ def next_step(code: str, integration: str | None) -> str | None:
         "bad_request": "Fix the arguments listed in details and call again.",
         "not_found": "Call search_tools or list_integrations to find the right name.",
         "daily_limit_reached": "The day's calls are used up; the person can see usage at action_url.",
+        "approval_denied": "The person declined this call; do not repeat it unless they ask.",
     }
     if code in ("upstream_timeout", "upstream_unreachable", "token_refresh_unavailable", "service_unavailable"):
         return "This is temporary; retry later."
@@ -347,7 +348,7 @@ def _text(value: Any) -> str:
 
 def tool_result(data: dict[str, Any], *, is_error: bool = False) -> types.CallToolResult:
     """Structured content, and the same as text: JSON on success, 'field: value' lines on error."""
-    fields = {k: v for k, v in data.items() if v is not None}
+    fields = {k: v for k, v in data.items() if v is not None} if is_error else data
     if is_error:
         order = [k for k in ERROR_LINES if k in fields] + [k for k in fields if k not in ERROR_LINES]
         text = "\n".join(f"{k}: {_text(fields[k])}" for k in order)

@@ -169,6 +169,19 @@ async def test_bad_arguments_come_back_field_by_field(gateway: Gateway, account,
     assert provider.api_requests() == []
 
 
+async def test_a_call_held_for_approval_says_where_to_approve_it(gateway: Gateway, account, provider) -> None:
+    user_id, _ = account
+    secret = gateway.key(user_id, require_approval=True)
+    result = await call(gateway, secret, "github_create_issue", {"repo": "acme/webapp", "title": "Bug report"})
+
+    assert not result.is_error
+    held = result.structured_content
+    assert (held["status"], held["approval"]) == ("pending", "pending")
+    assert held["action_url"].startswith("http://127.0.0.1:9999/")
+    assert held["waitpoint"]["id"]
+    assert provider.api_requests() == []
+
+
 async def test_an_unknown_tool_is_not_found(gateway: Gateway, account) -> None:
     _, secret = account
     lines = error_lines(await call(gateway, secret, "github_delete_everything"))
