@@ -87,7 +87,7 @@ async def signup(request: Request) -> Response:
     if not sessions.attempt(services.engine, users.normalise_email(email), ip):
         return again(TOO_MANY, 429)
     try:
-        user = await run_in_threadpool(users.create, services.engine, email, password)
+        user = await run_in_threadpool(users.create, services.engine, email, password, services.settings.default_plan)
     except users.UserError as exc:
         return again(str(exc), 400)
     sessions.succeeded(services.engine, user.email, ip)

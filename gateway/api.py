@@ -13,14 +13,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from . import approvals, callbacks, runs, upstream
-from .errors import BadRequest, IdempotencyInProgress, IdempotencyMismatch, NotFound
+from . import approvals, callbacks, keys, limits, links, runs, upstream, waitpoints
+from .errors import BadRequest, IdempotencyInProgress, IdempotencyMismatch, NotFound, ScopeNotAllowed
 from .execute import execute, resolve
 from .models import ApiKey, Run, utcnow
 from .openapi import describe_endpoint, describe_integration, openapi_document
 from .requests import api_key, json_object
 from .runs import RunRecord
 from .services import Services
+from .waitpoints_api import reference
 
 CALL_FIELDS = {"params", "queue", "async", "expires", "callback_url"}
 QUEUE_NAME = re.compile(r"^[A-Za-z0-9._:-]{1,200}$")
@@ -100,6 +101,9 @@ async def _submit(
     record.user_id, record.api_key_id = key.user_id, key.id
     record.integration, record.endpoint = integration, endpoint_name
     record.queue_name = options["queue"] or record.id
+    usage = limits.reserve(
+        services.engine, services.settings, key, services.plans.for_user(services.engine, key.user_id)
+    )
     queued = dict(
         expires_at=utcnow() + timedelta(seconds=options["expires"]) if options["expires"] else None,
         callback_url=options["callback_url"],
@@ -108,12 +112,18 @@ async def _submit(
     )
     if approvals.needed(key, endpoint):
         held = approvals.hold(services, key, endpoint, params, record, **queued)
-        return JSONResponse(held, status_code=202, headers={"X-Run-Id": record.id})
-    runs.create_pending(services.engine, services.box, record=record, params=params, **queued)
+        return JSONResponse(held, status_code=202, headers={"X-Run-Id": record.id, **usage.headers()})
+    try:
+        runs.create_pending(services.engine, services.box, record=record, params=params, **queued)
+    except Exception:
+        limits.refund(services.engine, key)
+        raise
     services.notify_queue()
     run = runs.get(services.engine, record.id, key.user_id)
     assert run is not None
-    return _submitted(services, run)
+    response = _submitted(services, run)
+    response.headers.update(usage.headers())
+    return response
 
 
 async def call_endpoint(request: Request) -> Response:
@@ -153,6 +163,30 @@ async def call_endpoint(request: Request) -> Response:
     return JSONResponse(result.body, status_code=result.http_status, headers=result.headers)
 
 
+async def start_connection(request: Request) -> Response:
+    """Where a person connects an integration, and a waitpoint that completes when they have."""
+    services = services_of(request)
+    key = api_key(services, request)
+    name = request.path_params["name"]
+    integration = services.registry.get(name)
+    if integration is None:
+        raise NotFound(f"There is no integration named '{name}'.")
+    if not keys.allows(key, name):
+        raise ScopeNotAllowed(
+            f"This API key may not use {integration.display_name}.", action_url=links.api_key(services.settings, key.id or 0)
+        )
+    plan = services.plans.for_user(services.engine, key.user_id)
+    limits.ensure_can_connect(services.engine, services.settings, plan, key.user_id, name)
+    waitpoint = waitpoints.connection_waitpoint(services.engine, key.user_id, name)
+    return JSONResponse(
+        {
+            "integration": name,
+            "connect_url": links.integration(services.settings, name),
+            "waitpoint": reference(services, waitpoint),
+        }
+    )
+
+
 async def list_integrations(request: Request) -> Response:
     services = services_of(request)
     return JSONResponse(
@@ -185,6 +219,7 @@ async def openapi(request: Request) -> Response:
 routes = [
     Route("/openapi.json", openapi, methods=["GET"]),
     Route("/v1/integrations", list_integrations, methods=["GET"]),
+    Route("/v1/integrations/{name}/connect", start_connection, methods=["POST"]),
     Route("/v1/{integration}", show_integration, methods=["GET"]),
     Route("/v1/{integration}/{endpoint}", show_endpoint, methods=["GET"]),
     Route("/v1/{integration}/{endpoint}", call_endpoint, methods=["POST"]),

@@ -9,6 +9,7 @@ import re
 import secrets
 from collections.abc import AsyncIterator
 
+from sqlalchemy.exc import DBAPIError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -17,9 +18,10 @@ from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import api, dashboard, db, mcp, runs_api, specs, tools, waitpoints_api, web
-from .errors import GatewayError, InternalError, MethodNotAllowed, NotFound
+from . import api, dashboard, db, mcp, ops, runs_api, specs, tools, waitpoints_api, web
+from .errors import GatewayError, InternalError, MethodNotAllowed, NotFound, ServiceUnavailable
 from .logs import request_id_var
+from .middleware import RateLimitHeadersMiddleware
 from .services import Services, make_http_client
 from .settings import Settings
 from .worker import Worker, sweeper
@@ -83,6 +85,16 @@ async def http_error(request: Request, exc: Exception) -> Response:
     return error_response(request, error)
 
 
+async def database_error(request: Request, exc: Exception) -> Response:
+    logger.error("database error on %s %s: %s", request.method, request.url.path, type(exc).__name__)
+    error = ServiceUnavailable(
+        "The gateway's database is unreachable; nothing was changed. Retry shortly.", headers={"Retry-After": "5"}
+    )
+    if web.is_page(request.url.path):
+        return web.error_page(request, 503, error.message)
+    return error_response(request, error)
+
+
 async def server_error(request: Request, exc: Exception) -> Response:
     logger.exception("unhandled error on %s %s", request.method, request.url.path)
     if web.is_page(request.url.path):
@@ -124,6 +136,7 @@ def create_app(settings: Settings, registry: specs.Registry | None = None) -> St
         routes=[
             *tools.routes,
             *mcp_endpoint.routes,
+            *ops.routes,
             *runs_api.routes,
             *waitpoints_api.routes,
             *api.routes,
@@ -133,11 +146,13 @@ def create_app(settings: Settings, registry: specs.Registry | None = None) -> St
         lifespan=lifespan,
         exception_handlers={
             GatewayError: gateway_error,
+            DBAPIError: database_error,
             HTTPException: http_error,
             Exception: server_error,
         },
     )
     app.add_middleware(web.PageHeadersMiddleware)
+    app.add_middleware(RateLimitHeadersMiddleware)
     app.add_middleware(RequestIdMiddleware)
     app.state.settings = settings
     app.state.engine = engine

@@ -11,7 +11,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from . import db, keys, logs, specs, users
+from . import db, keys, logs, plans, specs, users
 from . import settings as settings_module
 from .models import ApiKey, User
 
@@ -93,13 +93,51 @@ def cmd_users_create(args: argparse.Namespace, settings: settings_module.Setting
 
         password = getpass.getpass("Password: ")
     try:
-        user = users.create(_engine(settings), args.email, password, plan=args.plan)
+        user = users.create(_engine(settings), args.email, password, plan=args.plan or settings.default_plan)
     except users.UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     _print(
         {"id": user.id, "email": user.email, "plan": user.plan}, args.json, f"created user {user.email} (id {user.id})"
     )
+    return 0
+
+
+def cmd_users_set_plan(args: argparse.Namespace, settings: settings_module.Settings) -> int:
+    from sqlalchemy import update
+
+    available = plans.load(settings.plans_file)
+    if args.plan not in available:
+        print(f"error: unknown plan '{args.plan}'; plans: {', '.join(sorted(available))}", file=sys.stderr)
+        return 1
+    engine = _engine(settings)
+    with engine.begin() as c:
+        changed = c.execute(
+            update(User).where(User.email == users.normalise_email(args.email)).values(plan=args.plan)
+        ).rowcount
+    if not changed:
+        print(f"error: no user with email {args.email}", file=sys.stderr)
+        return 1
+    plan = available[args.plan]
+    _print(
+        {
+            "email": args.email,
+            "plan": args.plan,
+            "max_connections": plan.max_connections,
+            "daily_calls": plan.daily_calls,
+        },
+        args.json,
+        f"{args.email} is now on the {args.plan} plan (takes effect within seconds)",
+    )
+    return 0
+
+
+def cmd_users_list(args: argparse.Namespace, settings: settings_module.Settings) -> int:
+    engine = _engine(settings)
+    with db.session(engine) as s:
+        rows = s.execute(select(User).order_by(User.id)).scalars().all()
+    data = [{"id": u.id, "email": u.email, "plan": u.plan, "created_at": u.created_at} for u in rows]
+    _print(data, args.json, "\n".join(f"{d['id']:>5}  {d['email']:<40} {d['plan']}" for d in data) or "no users")
     return 0
 
 
@@ -242,7 +280,11 @@ def parser() -> argparse.ArgumentParser:
     create_user = add(users_cmd, "create", cmd_users_create, "Create an account (for closed deployments).")
     create_user.add_argument("email")
     create_user.add_argument("--password", help="prompted for when omitted")
-    create_user.add_argument("--plan", default="free")
+    create_user.add_argument("--plan", default=None, help="the plan (GATEWAY_DEFAULT_PLAN when omitted)")
+    set_plan = add(users_cmd, "set-plan", cmd_users_set_plan, "Move an account to another plan.")
+    set_plan.add_argument("email")
+    set_plan.add_argument("plan")
+    add(users_cmd, "list", cmd_users_list, "List accounts and their plans.")
 
     keys_cmd = commands.add_parser("keys", help="Manage API keys.").add_subparsers(dest="sub", required=True)
     create_key = add(keys_cmd, "create", cmd_keys_create, "Create an API key; it is printed once.")

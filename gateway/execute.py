@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from typing import Any
 
-from . import approvals, connections, keys, links, runs, upstream, waitpoints
+from sqlalchemy.exc import DBAPIError
+
+from . import approvals, connections, keys, limits, links, runs, upstream, waitpoints
 from .errors import (
     BadRequest,
     GatewayError,
@@ -14,6 +17,7 @@ from .errors import (
     InternalError,
     NotFound,
     ScopeNotAllowed,
+    ServiceUnavailable,
     TokenExpired,
     UpstreamTimeout,
 )
@@ -96,7 +100,11 @@ async def _send(
     if request.url.scheme != "https" and not services.settings.allow_http_upstreams:
         raise BadRequest("The integration's base URL is not https; set GATEWAY_ALLOW_HTTP_UPSTREAMS to allow it.")
     record.attempts += 1
-    return await upstream.send(services.http, request, services.settings.upstream_max_response_bytes)
+    started = time.perf_counter()
+    try:
+        return await upstream.send(services.http, request, services.settings.upstream_max_response_bytes)
+    finally:
+        services.metrics.upstream_latency.labels(endpoint.integration.name).observe(time.perf_counter() - started)
 
 
 async def call(
@@ -140,7 +148,17 @@ async def call(
         record.error_code = "upstream_error"
         record.error_message = message[:500]
         http_status = 502
-    return CallResult(http_status=http_status, body=body, headers=dict(response.headers))
+    return CallResult(http_status=http_status, body=body, headers=_response_headers(response.headers))
+
+
+def _response_headers(upstream_headers: dict[str, str]) -> dict[str, str]:
+    """The upstream's rate-limit headers renamed: X-RateLimit-* on our answer are the gateway's own limits."""
+    renamed = {}
+    for name, value in upstream_headers.items():
+        if name.startswith(("x-ratelimit-", "ratelimit-")):
+            name = "x-upstream-" + name.removeprefix("x-")
+        renamed[name] = value
+    return renamed
 
 
 async def execute(
@@ -153,14 +171,27 @@ async def execute(
     """
     record.user_id, record.api_key_id = key.user_id, key.id
     record.integration, record.endpoint = integration, endpoint_name
+    usage: limits.Usage | None = None
     try:
         endpoint = resolve(services, key, integration, endpoint_name)
         validated = upstream.validate_params(endpoint, params)
-        if not record.from_queue and approvals.needed(key, endpoint):
-            held = approvals.hold(services, key, endpoint, validated, record)
-            return CallResult(http_status=202, body=held, headers={"X-Run-Id": record.id})
+        if not record.from_queue:
+            # Queued calls were counted when they were accepted.
+            usage = limits.reserve(
+                services.engine, services.settings, key, services.plans.for_user(services.engine, key.user_id)
+            )
+            if approvals.needed(key, endpoint):
+                held = approvals.hold(services, key, endpoint, validated, record)
+                return CallResult(http_status=202, body=held, headers={"X-Run-Id": record.id, **usage.headers()})
         result = await call(services, key, endpoint, validated, record)
     except GatewayError as exc:
+        if usage is not None:
+            if record.attempts == 0:
+                # The gateway turned the call away before the upstream saw it: it does not count.
+                limits.refund(services.engine, key)
+                usage.remaining = None if usage.remaining is None else usage.remaining + 1
+            for name, value in usage.headers().items():
+                exc.headers.setdefault(name, value)
         if isinstance(exc, (IntegrationNotConnected, TokenExpired)):
             # Something an agent can wait on while its person fixes the connection.
             waitpoint = waitpoints.connection_waitpoint(services.engine, key.user_id, integration)
@@ -170,6 +201,13 @@ async def execute(
         _save(services, key, record, exc.body(None))
         exc.headers.setdefault("X-Run-Id", record.id)
         raise
+    except DBAPIError:
+        logger.exception("call %s: the database failed", record.id)
+        _count(services, record, "service_unavailable")
+        raise ServiceUnavailable(
+            "The gateway's database is unreachable; nothing was recorded. Retry shortly.",
+            headers={"Retry-After": "5", "X-Run-Id": record.id},
+        ) from None
     except Exception:
         logger.exception("call %s failed inside the gateway", record.id)
         record.error_code, record.error_message = "internal_error", "internal error"
@@ -183,9 +221,19 @@ async def execute(
     record.finish("completed" if ok else "failed", result.http_status)
     _save(services, key, record, result.body)
     result.headers["X-Run-Id"] = record.id
+    if usage is not None:
+        result.headers.update(usage.headers())
     return result
 
 
+def _count(services: Services, record: RunRecord, outcome: str) -> None:
+    # Only names from the registry become labels: bad input must not grow the metrics.
+    known = services.registry.endpoint(record.integration, record.endpoint) is not None
+    labels = (record.integration, record.endpoint) if known else ("unknown", "unknown")
+    services.metrics.calls.labels(*labels, outcome).inc()
+
+
 def _save(services: Services, key: ApiKey, record: RunRecord, body: dict[str, Any]) -> None:
+    _count(services, record, record.error_code or "ok")
     runs.save(services.engine, services.box, record, body)
     keys.touch(services.engine, key.id or 0)

@@ -30,6 +30,8 @@ def api_key(services: Services, request: Request) -> ApiKey:
     key = keys.authenticate(services.engine, secret)
     if key is None:
         raise Unauthorized("The API key is unknown or revoked.")
+    # Lets the rate-limit middleware report this key's usage on any /v1 answer.
+    request.scope.setdefault("state", {})["api_key"] = key
     return key
 
 

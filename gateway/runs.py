@@ -166,6 +166,14 @@ def in_queue(engine: Engine, user_id: int, queue_name: str, up_to: str | None = 
         return int(c.execute(statement).scalar_one())
 
 
+def queue_depth(engine: Engine) -> dict[str, int]:
+    with engine.connect() as c:
+        rows = c.execute(
+            select(Run.status, func.count()).where(Run.status.in_(("pending", "running"))).group_by(Run.status)
+        ).all()
+    return {status: int(count) for status, count in rows}
+
+
 def cancel(engine: Engine, run_id: str, user_id: int) -> bool:
     """Only a pending run can be removed; the status check and the change are one statement,
     so a worker's claim (which also requires `pending`) and a cancel can never both win."""

@@ -9,7 +9,10 @@ from typing import Any
 import httpx
 from sqlalchemy.engine import Engine
 
+from . import plans, runs
 from .crypto import Box, Signer
+from .metrics import Metrics
+from .plans import PlanBook
 from .settings import Settings
 from .specs import Registry
 from .tokens import TokenStore
@@ -40,6 +43,8 @@ class Services:
     tokens: TokenStore
     http: httpx.AsyncClient
     signers: dict[str, Signer]
+    plans: PlanBook = dataclasses.field(default_factory=lambda: PlanBook(dict(plans.BUILTIN), "free"))
+    metrics: Metrics = dataclasses.field(default_factory=Metrics)
     # Wakes this process's queue worker when a call is queued here (set by the worker).
     notify_queue: Callable[[], None] = lambda: None
     # Awaited with (services, run) when a queued or held run ends: waitpoints, metrics.
@@ -50,15 +55,21 @@ class Services:
         from .approvals import complete_waitpoint
 
         box = Box(settings.secret_keys)
+        metrics = Metrics()
+        metrics.watch_queue(lambda: runs.queue_depth(engine))
+        tokens = TokenStore(settings, engine, box)
+        tokens.on_refresh = lambda integration, result: metrics.refreshes.labels(integration, result).inc()
         return cls(
             settings=settings,
             engine=engine,
             registry=registry,
             box=box,
-            tokens=TokenStore(settings, engine, box),
+            tokens=tokens,
+            metrics=metrics,
             http=http,
             signers={},
             run_finished_hooks=[complete_waitpoint],
+            plans=PlanBook(plans.load(settings.plans_file), settings.default_plan),
         )
 
     def signer(self, purpose: str, max_age: int | None) -> Signer:

@@ -56,6 +56,9 @@ class Settings:
     worker_concurrency: int = 8
     worker_lease_seconds: float = 30.0
     approval_ttl_seconds: float = 86400.0
+    plans_file: Path | None = None
+    default_plan: str = "free"
+    metrics_token: str | None = None
 
     @property
     def secret_key(self) -> str:
@@ -142,4 +145,7 @@ def from_env(environ: Mapping[str, str] | None = None) -> Settings:
         worker_concurrency=int(number("GATEWAY_WORKER_CONCURRENCY", 8)),
         worker_lease_seconds=number("GATEWAY_WORKER_LEASE_SECONDS", 30.0),
         approval_ttl_seconds=number("GATEWAY_APPROVAL_TTL_SECONDS", 86400.0),
+        plans_file=Path(env["GATEWAY_PLANS_FILE"]) if env.get("GATEWAY_PLANS_FILE") else None,
+        default_plan=env.get("GATEWAY_DEFAULT_PLAN", "free"),
+        metrics_token=env.get("GATEWAY_METRICS_TOKEN") or None,
     )

@@ -11,6 +11,7 @@ import asyncio
 import datetime as dt
 import logging
 import os
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -52,6 +53,7 @@ class TokenStore:
         self.owner = f"{os.getpid()}-{os.urandom(4).hex()}"
         self._locks: dict[int, asyncio.Lock] = {}
         self.refreshes = 0
+        self.on_refresh: Callable[[str, str], None] = lambda integration, result: None
 
     def access_token(self, connection: Connection) -> str:
         token = self.box.decrypt(connection.access_token)
@@ -128,6 +130,7 @@ class TokenStore:
                 auth, overrides.client_id, overrides.client_secret, token_url, refresh_token
             )
         except OAuthError as exc:
+            self.on_refresh(integration.name, "invalid_grant" if exc.error == "invalid_grant" else "unavailable")
             if exc.error == "invalid_grant":
                 logger.info("refresh rejected for connection %s: invalid_grant", connection.id)
                 self._release_lease(connection, status="needs_reconnect", updated_at=utcnow())
@@ -141,11 +144,13 @@ class TokenStore:
                 headers={"Retry-After": "30"},
             ) from None
         except (*HTTP_ERRORS, ValueError) as exc:
+            self.on_refresh(integration.name, "unavailable")
             self._release_lease(connection)
             raise TokenRefreshUnavailable(
                 f"{integration.display_name}'s token endpoint is unavailable ({type(exc).__name__}); retry later.",
                 headers={"Retry-After": "30"},
             ) from None
+        self.on_refresh(integration.name, "ok")
         # Keep the old refresh token when the provider sends none (Authlib does this too).
         new_refresh = token.get("refresh_token") or refresh_token
         self._release_lease(

@@ -15,6 +15,8 @@ import logging
 import os
 from typing import Any
 
+from sqlalchemy.exc import DBAPIError
+
 from . import approvals, callbacks, keys, runs, waitpoints
 from .errors import GatewayError, Unauthorized
 from .execute import execute
@@ -101,20 +103,27 @@ class Worker:
                 await task
 
     async def _slot(self) -> None:
+        # A slot never dies: an error is logged and the loop goes on, or concurrency would shrink for good.
         while not self._stopping:
             try:
-                run = runs.claim(self.services.engine, self.id, self.lease)
+                await self._step()
+            except DBAPIError as exc:
+                logger.warning("the database is unreachable (%s); retrying", type(exc).__name__)
+                await asyncio.sleep(1.0)
             except Exception:
-                logger.exception("claiming a queued call failed; retrying")
-                run = None
-            if run is None:
-                self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), IDLE_POLL)
-                continue
-            await self.process(run)
-            # Finishing a call may unblock the next one in its queue.
-            self._wake.set()
+                logger.exception("a worker step failed; retrying")
+                await asyncio.sleep(0.5)
+
+    async def _step(self) -> None:
+        run = runs.claim(self.services.engine, self.id, self.lease)
+        if run is None:
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), IDLE_POLL)
+            return
+        await self.process(run)
+        # Finishing a call may unblock the next one in its queue.
+        self._wake.set()
 
     async def process(self, run: Run) -> None:
         services = self.services
@@ -182,6 +191,8 @@ class Worker:
         while not self._stopping:
             try:
                 self.housekeep()
+            except DBAPIError as exc:
+                logger.warning("queue housekeeping could not reach the database (%s); retrying", type(exc).__name__)
             except Exception:
                 logger.exception("queue housekeeping failed; retrying")
             with contextlib.suppress(TimeoutError):

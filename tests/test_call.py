@@ -54,6 +54,8 @@ def test_rate_limit_headers_are_passed_on(gateway: Gateway, account) -> None:
     response = gateway.call(secret, "github", "get_authenticated_user")
     assert response.status_code == 200
     assert response.json()["data"] == {"login": "octocat", "id": 1}
-    assert response.headers["x-ratelimit-remaining"] == "4999"
-    assert response.json()["headers"]["x-ratelimit-limit"] == "5000"
+    assert response.headers["x-upstream-ratelimit-remaining"] == "59"
+    assert response.json()["headers"]["x-ratelimit-limit"] == "60"
+    # X-RateLimit-* on the answer are the gateway's own daily limits (the free plan's 5000).
+    assert response.headers["x-ratelimit-limit"] == "5000" and response.headers["x-ratelimit-remaining"] == "4999"
     assert "x-internal-secret" not in response.headers

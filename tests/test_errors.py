@@ -132,7 +132,7 @@ def test_upstream_errors_are_proxied_not_disguised(gateway: Gateway, provider) -
     gateway.connect(user_id, provider, integration="fakeapi")
     response = gateway.call(gateway.key(user_id), "fakeapi", "missing")
     assert response.status_code == 404
-    assert response.json() == {"status": 404, "data": {"message": "Not Found"}, "headers": {"x-ratelimit-limit": "5000", "x-ratelimit-remaining": "4999"}}
+    assert response.json() == {"status": 404, "data": {"message": "Not Found"}, "headers": {"x-ratelimit-limit": "60", "x-ratelimit-remaining": "59"}}
 
 
 def test_ok_false_bodies_are_surfaced_as_upstream_errors(gateway: Gateway, provider) -> None:

@@ -244,7 +244,7 @@ def create_provider(state: ProviderState) -> Starlette:
         entry = authorised(request)
         if entry is None:
             return JSONResponse({"message": "Bad credentials"}, 401, headers={"www-authenticate": "Bearer"})
-        headers = {"x-ratelimit-limit": "5000", "x-ratelimit-remaining": "4999", "x-internal-secret": "do-not-pass"}
+        headers = {"x-ratelimit-limit": "60", "x-ratelimit-remaining": "59", "x-internal-secret": "do-not-pass"}
         if sub == "/user":
             return JSONResponse({"login": entry["user"], "id": 1}, headers=headers)
         parts = sub.strip("/").split("/")

@@ -1,0 +1,166 @@
+"""Daily call limits (per person, from the plan, and per API key) and the plan's connection limit.
+
+Counting is one conditional UPDATE per subject inside one transaction
+(`count = count + 1 WHERE count < limit`), so N concurrent calls against a
+limit of L let exactly L through, on SQLite and on PostgreSQL with any number
+of processes.
+
+What counts: a direct call once the gateway has validated it and is about to
+call the upstream; a queued or held call when it is accepted, not again when
+it runs. A call the gateway itself turns away before calling the upstream
+(not connected, token expired, bad params, no such endpoint...) is refunded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+
+from sqlalchemy import func, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import Connection as DbConnection
+from sqlalchemy.engine import Engine
+
+from . import links
+from .errors import DailyLimitReached, PlanLimitReached
+from .models import ApiKey, Connection, DailyUsage, utcnow
+from .plans import Plan
+from .settings import Settings
+
+
+class _Refused(Exception):
+    def __init__(self, subject: str, limit: int) -> None:
+        self.subject, self.limit = subject, limit
+
+
+@dataclasses.dataclass
+class Usage:
+    limit: int | None
+    remaining: int | None
+    reset: dt.datetime
+
+    def headers(self) -> dict[str, str]:
+        if self.limit is None:
+            return {}
+        return {
+            "X-RateLimit-Limit": str(self.limit),
+            "X-RateLimit-Remaining": str(max(self.remaining or 0, 0)),
+            "X-RateLimit-Reset": str(int(self.reset.timestamp())),
+        }
+
+
+def today() -> dt.date:
+    return utcnow().date()
+
+
+def next_reset() -> dt.datetime:
+    day = today() + dt.timedelta(days=1)
+    return dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC)
+
+
+def _subjects(key: ApiKey, plan: Plan) -> list[tuple[str, int | None]]:
+    return [(f"user:{key.user_id}", plan.daily_calls), (f"key:{key.id}", key.daily_limit)]
+
+
+def _increment(c: DbConnection, subject: str, day: dt.date, limit: int | None) -> int | None:
+    """Adds one call; returns the new count, or None when the limit is already reached."""
+    statement = update(DailyUsage).where(DailyUsage.subject == subject, DailyUsage.day == day)
+    if limit is not None:
+        statement = statement.where(DailyUsage.count < limit)
+    new = c.execute(statement.values(count=DailyUsage.count + 1).returning(DailyUsage.count)).scalar_one_or_none()
+    if new is not None:
+        return new
+    insert = pg_insert if c.dialect.name == "postgresql" else sqlite_insert
+    c.execute(insert(DailyUsage).values(subject=subject, day=day, count=0).on_conflict_do_nothing())
+    return c.execute(statement.values(count=DailyUsage.count + 1).returning(DailyUsage.count)).scalar_one_or_none()
+
+
+def reserve(engine: Engine, settings: Settings, key: ApiKey, plan: Plan) -> Usage:
+    """Counts one call against the person's and the key's limits, or raises daily_limit_reached."""
+    day = today()
+    remaining: list[tuple[int, int]] = []
+    try:
+        with engine.begin() as c:
+            for subject, limit in _subjects(key, plan):
+                count = _increment(c, subject, day, limit)
+                if count is None:
+                    raise _Refused(subject, limit or 0)
+                if limit is not None:
+                    remaining.append((limit, limit - count))
+    except _Refused as refused:
+        reset = next_reset()
+        who = "This account's plan" if refused.subject.startswith("user:") else "This API key"
+        raise DailyLimitReached(
+            f"{who} allows {refused.limit} calls per UTC day, all used; the count resets at {reset.isoformat()}.",
+            action_url=links.usage(settings),
+            headers={
+                "Retry-After": str(max(int((reset - utcnow()).total_seconds()), 1)),
+                "X-RateLimit-Limit": str(refused.limit),
+                "X-RateLimit-Remaining": "0",
+                "X-RateLimit-Reset": str(int(reset.timestamp())),
+            },
+        ) from None
+    return _tightest(remaining)
+
+
+def refund(engine: Engine, key: ApiKey) -> None:
+    day = today()
+    with engine.begin() as c:
+        for subject in (f"user:{key.user_id}", f"key:{key.id}"):
+            c.execute(
+                update(DailyUsage)
+                .where(DailyUsage.subject == subject, DailyUsage.day == day, DailyUsage.count > 0)
+                .values(count=DailyUsage.count - 1)
+            )
+
+
+def current(engine: Engine, key: ApiKey, plan: Plan) -> Usage:
+    subjects = _subjects(key, plan)
+    with engine.connect() as c:
+        counts = dict(
+            c.execute(
+                select(DailyUsage.subject, DailyUsage.count).where(
+                    DailyUsage.subject.in_([s for s, _ in subjects]), DailyUsage.day == today()
+                )
+            ).all()
+        )
+    return _tightest([(limit, limit - counts.get(s, 0)) for s, limit in subjects if limit is not None])
+
+
+def used_today(engine: Engine, subject: str) -> int:
+    with engine.connect() as c:
+        return int(
+            c.execute(
+                select(DailyUsage.count).where(DailyUsage.subject == subject, DailyUsage.day == today())
+            ).scalar_one_or_none()
+            or 0
+        )
+
+
+def _tightest(remaining: list[tuple[int, int]]) -> Usage:
+    if not remaining:
+        return Usage(limit=None, remaining=None, reset=next_reset())
+    limit, left = min(remaining, key=lambda pair: pair[1])
+    return Usage(limit=limit, remaining=left, reset=next_reset())
+
+
+def connections_used(engine: Engine, user_id: int) -> int:
+    with engine.connect() as c:
+        return int(c.execute(select(func.count()).where(Connection.user_id == user_id)).scalar_one())
+
+
+def ensure_can_connect(engine: Engine, settings: Settings, plan: Plan, user_id: int, integration: str) -> None:
+    """Reconnecting is always allowed; one more connection must fit the plan."""
+    if plan.max_connections is None:
+        return
+    with engine.connect() as c:
+        existing = c.execute(
+            select(Connection.id).where(Connection.user_id == user_id, Connection.integration == integration)
+        ).first()
+    if existing is None and connections_used(engine, user_id) >= plan.max_connections:
+        raise PlanLimitReached(
+            f"The {plan.name} plan allows {plan.max_connections} connected integrations; "
+            "disconnect one or move to a larger plan.",
+            action_url=links.usage(settings),
+        )
