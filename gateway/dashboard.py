@@ -1,7 +1,7 @@
 """Dashboard pages: integrations (connect, reconnect, disconnect), the OAuth callback, usage.
 
-Keys and calls live in key_pages.py and call_pages.py, accounts in accounts.py;
-`routes` gathers them all for create_app().
+Keys, calls and approvals live in key_pages.py, call_pages.py and approval_pages.py,
+accounts in accounts.py; `routes` gathers them all for create_app().
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from . import accounts, call_pages, connections, history, key_pages, oauth
+from . import accounts, approval_pages, call_pages, connections, history, key_pages, limits, oauth
+from .errors import PlanLimitReached
 from .models import Connection, User
 from .specs import ApiKeyAuth, Integration
 from .web import action, field, page, redirect, render, safe_next, services_of, visitor
@@ -120,6 +121,12 @@ async def connect(request: Request, user: User, form: FormData) -> Response:
         fields = _connection_fields(integration, form)
     except ValueError as exc:
         return _integration_page(request, user, integration, error=str(exc), status=400)
+    try:
+        limits.ensure_can_connect(
+            services.engine, services.settings, services.plans.get(user.plan), user.id or 0, integration.name
+        )
+    except PlanLimitReached as exc:
+        return _integration_page(request, user, integration, error=exc.message, status=403)
     auth = integration.spec.auth
     if isinstance(auth, ApiKeyAuth):
         secret = field(form, "secret", 5000).strip()
@@ -173,22 +180,25 @@ async def callback(request: Request) -> Response:
     return redirect(safe_next(next_path, default=f"{integration_path(integration.name)}?done=connected"))
 
 
-def plan_limits(user: User) -> dict[str, int] | None:
-    """The limits of the person's plan. Plans arrive later (User.plan holds the name); None means none apply."""
-    return None
-
-
 @page
 async def usage_page(request: Request, user: User) -> Response:
     services = services_of(request)
-    by_key = history.calls_today_by_key(services.engine, user.id or 0)
+    user_id = user.id or 0
+    runs_by_key = history.calls_today_by_key(services.engine, user_id)
+    # limits.py counts what the limits enforce (calls the gateway turned away are refunded);
+    # the run counts are everything that was asked.
+    keys = [
+        (k, runs_by_key.get(k.id or 0, 0), limits.used_today(services.engine, f"key:{k.id}"))
+        for k in key_pages.active_keys(services.engine, user_id)
+    ]
     context = {
-        "calls_today": history.calls_today(services.engine, user.id or 0),
-        "connections": history.connections_count(services.engine, user.id or 0),
-        "keys": [(k, by_key.get(k.id or 0, 0)) for k in key_pages.active_keys(services.engine, user.id or 0)],
-        "plan": user.plan,
-        "plan_limits": plan_limits(user),
+        "calls_today": history.calls_today(services.engine, user_id),
+        "connections": history.connections_count(services.engine, user_id),
+        "keys": keys,
+        "plan": services.plans.get(user.plan),
+        "plan_calls": limits.used_today(services.engine, f"user:{user_id}"),
         "day_started": history.utc_midnight(),
+        "resets": limits.next_reset(),
     }
     return render(request, "usage.html", context)
 
@@ -204,5 +214,6 @@ routes = [
     Route("/oauth/{name}/callback", callback, methods=["GET"]),
     *key_pages.routes,
     *call_pages.routes,
+    *approval_pages.routes,
     Route("/dashboard/usage", usage_page, methods=["GET"]),
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from sqlalchemy import select, update
@@ -45,8 +46,16 @@ class FormProblem(ValueError):
     """A key form field that cannot be used; the message says which and why."""
 
 
-def _choices(request: Request, form: FormData) -> tuple[str, list[str] | None, int | None]:
-    """Name, allowed integrations (None = all) and daily limit from a key form."""
+@dataclasses.dataclass(frozen=True)
+class Choices:
+    name: str
+    integrations: list[str] | None  # None: every integration
+    daily_limit: int | None
+    require_approval: bool
+
+
+def _choices(request: Request, form: FormData) -> Choices:
+    """What a key form asks for, checked."""
     registry = services_of(request).registry
     name = field(form, "name", 200).strip()
     allowed: list[str] | None = None
@@ -64,7 +73,7 @@ def _choices(request: Request, form: FormData) -> tuple[str, list[str] | None, i
         if not (raw_limit.isascii() and raw_limit.isdigit()) or not 1 <= int(raw_limit) <= MAX_DAILY_LIMIT:
             raise FormProblem("The daily limit must be a whole number of calls, at least 1 (or empty for none).")
         limit = int(raw_limit)
-    return name, allowed, limit
+    return Choices(name, allowed, limit, field(form, "require_approval") == "1")
 
 
 def _list(request: Request, user: User, *, error: str | None = None, status: int = 200) -> Response:
@@ -90,10 +99,17 @@ async def keys_page(request: Request, user: User) -> Response:
 async def create_key(request: Request, user: User, form: FormData) -> Response:
     services = services_of(request)
     try:
-        name, allowed, limit = _choices(request, form)
+        chosen = _choices(request, form)
     except FormProblem as exc:
         return _list(request, user, error=str(exc), status=400)
-    key, secret = keys.create(services.engine, user.id or 0, name, allowed, limit)
+    key, secret = keys.create(
+        services.engine,
+        user.id or 0,
+        chosen.name,
+        chosen.integrations,
+        chosen.daily_limit,
+        require_approval=chosen.require_approval,
+    )
     # Shown in this response only: the secret is in no URL, cookie or log, and the page is not cached.
     return render(request, "key_created.html", {"key": key, "secret": secret}, 201)
 
@@ -133,10 +149,10 @@ async def update_key(request: Request, user: User, form: FormData) -> Response:
     if key.revoked_at is not None:
         return _detail(request, user, key, error="This key is revoked; create a new one instead.", status=400)
     try:
-        name, allowed, limit = _choices(request, form)
+        chosen = _choices(request, form)
     except FormProblem as exc:
         return _detail(request, user, key, error=str(exc), status=400)
-    _update(services_of(request).engine, user.id or 0, key.id or 0, name=name, integrations=allowed, daily_limit=limit)
+    _update(services_of(request).engine, user.id or 0, key.id or 0, **dataclasses.asdict(chosen))
     return redirect(f"/dashboard/keys/{key.id}?done=saved")
 
 

@@ -24,8 +24,8 @@ from authlib.integrations.httpx_client import AsyncOAuth2Client
 from sqlalchemy import delete, select
 from sqlalchemy.engine import Engine
 
-from . import connections, upstream
-from .errors import GatewayError
+from . import connections, limits, upstream
+from .errors import GatewayError, PlanLimitReached
 from .models import Connection, OAuthState, utcnow
 from .services import Services
 from .settings import Settings
@@ -175,9 +175,19 @@ async def complete(
     code = params.get("code")
     if not code:
         raise ConnectError(f"{name} sent no authorization code back. Nothing was connected; try again.")
+    _check_plan(services, integration, row.user_id)
     token = await _exchange(services, integration, row, code)
     connection = await _save(services, integration, row, token)
     return connection, row.next_path
+
+
+def _check_plan(services: Services, integration: Integration, user_id: int) -> None:
+    """Checked again on the way back: another connect may have filled the plan meanwhile."""
+    plan = services.plans.for_user(services.engine, user_id)
+    try:
+        limits.ensure_can_connect(services.engine, services.settings, plan, user_id, integration.name)
+    except PlanLimitReached as exc:
+        raise ConnectError(exc.message, 403) from None
 
 
 async def _exchange(services: Services, integration: Integration, row: OAuthState, code: str) -> dict[str, Any]:

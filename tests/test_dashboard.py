@@ -7,6 +7,7 @@ import datetime as dt
 import html
 import re
 import secrets
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -878,7 +879,7 @@ def test_usage_page(browser: Browser, public_gateway: Gateway, provider: Provide
     assert re.search(r'stat-value">2</span> <span class="stat-label">calls today', page)
     assert re.search(r'stat-value">1</span> <span class="stat-label">connected integration<', page)
     assert "Limit reached" in page and 'max="2"' in page
-    assert "No plan limits apply" in page and "free" in page
+    assert "Your plan: free" in page and "5000" in page
 
 
 # Other people's things
@@ -949,3 +950,108 @@ def test_action_urls_survive_the_login_redirect(public_gateway: Gateway, provide
         page = b.get(back.headers["location"])
         assert page.status_code == 200 and text in page.text, url
         b.close()
+
+
+# Approvals
+
+
+def wait_for_run(gateway: Gateway, run_id: str, user_id: int, statuses: tuple[str, ...]) -> Run:
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        with gateway.engine.connect() as c:
+            row = c.execute(select(Run.__table__).where(Run.id == run_id, Run.user_id == user_id)).first()
+        if row is not None and row.status in statuses:
+            return Run(**row._mapping)
+        time.sleep(0.05)
+    raise AssertionError(f"run {run_id} never reached {statuses}")
+
+
+def test_approvals_in_the_dashboard(
+    browser: Browser, other: Browser, public_gateway: Gateway, provider: ProviderState
+) -> None:
+    email = browser.signup()
+    user_id = browser.user_id()
+    public_gateway.connect(user_id, provider)
+    created = browser.post("/dashboard/keys", {"name": "careful", "access": "all", "require_approval": "1"})
+    secret = re.search(r'value="(sk_[^"]+)"', created.text).group(1)  # type: ignore[union-attr]
+    [key] = keys_of(public_gateway, user_id)
+    assert key.require_approval
+
+    held = public_gateway.call(secret, "github", "create_issue", {"repo": "acme/webapp", "title": "Please approve"})
+    assert held.status_code == 202
+    first = held.json()
+    path = urlsplit(first["action_url"]).path
+    assert path == f"/dashboard/approvals/{first['id']}"
+    page = browser.get(path)
+    assert page.status_code == 200 and "Approve this call?" in page.text
+    assert "Please approve" in page.text and "acme/webapp" in page.text and "careful" in page.text
+    assert first["id"] in browser.get("/dashboard/approvals").text
+    # Someone signed out who follows the action_url lands on it after signing in.
+    signed_out = Browser(public_gateway)
+    assert signed_out.get(first["action_url"]).headers["location"].startswith("/dashboard/login?next=")
+    assert signed_out.login(email, next_path=path).headers["location"] == path
+    signed_out.close()
+    assert "waiting for your approval" in browser.get(f"/dashboard/calls/{first['id']}").text
+
+    other.signup()
+    assert other.get(path).status_code == 404
+    assert other.post(f"{path}/approve").status_code == 404
+    assert other.post(f"{path}/reject").status_code == 404
+    assert first["id"] not in other.get("/dashboard/approvals").text
+
+    approved = browser.post(f"{path}/approve")
+    assert approved.status_code == 303 and approved.headers["location"] == "/dashboard/approvals?done=approved"
+    assert wait_for_run(public_gateway, first["id"], user_id, ("completed", "failed")).status == "completed"
+    assert [r.method for r in provider.api_requests() if r.path.endswith("/issues")] == ["POST"]
+    decided = browser.get(path).text
+    assert "Call approved" in decided and "Please approve" not in decided  # params only while waiting
+
+    second = public_gateway.call(secret, "github", "create_issue", {"repo": "acme/webapp", "title": "No"}).json()
+    rejected = browser.post(f"/dashboard/approvals/{second['id']}/reject")
+    assert rejected.headers["location"] == "/dashboard/approvals?done=rejected"
+    run = wait_for_run(public_gateway, second["id"], user_id, ("failed",))
+    assert run.error_code == "approval_denied"
+    assert len([r for r in provider.api_requests() if r.path.endswith("/issues")]) == 1
+
+    browser.post(f"/dashboard/keys/{key.id}", {"name": "careful", "access": "all"})
+    assert not keys_of(public_gateway, user_id)[0].require_approval
+
+
+# Plans
+
+
+def test_plan_connection_limit_applies_to_the_dashboard(
+    tmp_path: Path, database_url: str, provider: ProviderState
+) -> None:
+    plans = tmp_path / "plans.yaml"
+    plans.write_text("tiny: {max_connections: 1, daily_calls: 3}\n")
+    port = free_port()
+    overrides = {
+        name: dataclasses.replace(fake, revoke_url=f"{provider.url}/oauth/revoke")  # type: ignore[attr-defined]
+        for name, fake in provider_overrides(provider.url).items()  # type: ignore[attr-defined]
+    }
+    settings = make_settings(
+        database_url,
+        provider.url,  # type: ignore[attr-defined]
+        public_url=f"http://127.0.0.1:{port}",
+        integrations=overrides,
+        plans_file=plans,
+        default_plan="tiny",
+    )
+    with ServerThread(create_app(settings), port=port) as server:
+        gw = Gateway(settings, server)
+        b = Browser(gw)
+        b.signup()
+        # Both flows start while the plan still has room; only the first to come back may connect.
+        github, fakeapi = b.start_connect("github"), b.start_connect("fakeapi")
+        assert b.get(b.consent(github)).status_code == 303
+        late = b.get(b.consent(fakeapi))
+        assert late.status_code == 403 and "allows 1 connected integration" in late.text
+        assert connection(gw, b.user_id(), "fakeapi") is None
+        refused = b.post("/dashboard/integrations/fakeapi/connect")
+        assert refused.status_code == 403 and "allows 1 connected integration" in refused.text
+        assert b.connect("github").status_code == 303  # reconnecting is always allowed
+        usage = b.get("/dashboard/usage").text
+        assert "Your plan: tiny" in usage and "Limit reached" in usage
+        b.close()
+        gw.http.close()

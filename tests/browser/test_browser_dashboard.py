@@ -212,6 +212,7 @@ PAGES = [
     "/dashboard/keys",
     "/dashboard/calls",
     "/dashboard/usage",
+    "/dashboard/approvals",
     "/dashboard/account",
     "/dashboard/nothing-here",
 ]
@@ -230,7 +231,9 @@ def test_pages_fit_a_phone_and_pass_the_audit(
     gw.connect(user_id, provider)
     secret = gw.key(user_id, name="a key with a fairly long name for a small screen", daily_limit=5)
     run_id = gw.call(secret, "github", "get_authenticated_user").headers["x-run-id"]
-    pages = [*PAGES, f"/dashboard/calls/{run_id}"]
+    careful = gw.key(user_id, name="careful", require_approval=True)
+    held = gw.call(careful, "github", "create_issue", {"repo": "acme/webapp", "title": "A long title " * 8})
+    pages = [*PAGES, f"/dashboard/calls/{run_id}", f"/dashboard/approvals/{held.json()['id']}"]
     phone.goto(f"{gw.url}/dashboard/keys")
     pages.append(phone.get_by_role("link", name=re.compile("^Manage")).first.get_attribute("href") or "")
     for path in pages:
