@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any
 
+import aiohttp
 import httpx
+from httpx_aiohttp import AiohttpTransport
 from sqlalchemy.engine import Engine
 
 from . import plans, runs
@@ -18,6 +22,42 @@ from .specs import Registry
 from .tokens import TokenStore
 
 
+@contextlib.contextmanager
+def _transport_errors(request: httpx.Request) -> Iterator[None]:
+    """httpx-aiohttp turns every aiohttp connection error into ConnectTimeout: here only a timeout is a timeout."""
+    try:
+        yield
+    except httpx.ConnectTimeout as exc:
+        if isinstance(exc.__cause__, TimeoutError):
+            raise
+        error = httpx.ConnectError if isinstance(exc.__cause__, aiohttp.ClientConnectorError) else httpx.ReadError
+        raise error(str(exc), request=request) from exc.__cause__
+    except aiohttp.ClientError as exc:  # what it does not map, such as a malformed answer
+        raise httpx.RemoteProtocolError(str(exc), request=request) from exc
+
+
+class _ErrorMappedStream(httpx.AsyncByteStream):
+    def __init__(self, stream: httpx.AsyncByteStream, request: httpx.Request) -> None:
+        self.stream, self.request = stream, request
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        with _transport_errors(self.request):
+            async for chunk in self.stream:
+                yield chunk
+
+    async def aclose(self) -> None:
+        with _transport_errors(self.request):
+            await self.stream.aclose()
+
+
+class _Transport(AiohttpTransport):
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        with _transport_errors(request):
+            response = await super().handle_async_request(request)
+        response.stream = _ErrorMappedStream(response.stream, request)  # type: ignore[arg-type]
+        return response
+
+
 def make_http_client(settings: Settings) -> httpx.AsyncClient:
     timeout = httpx.Timeout(settings.upstream_timeout, connect=settings.upstream_connect_timeout)
     limits = httpx.Limits(
@@ -25,12 +65,28 @@ def make_http_client(settings: Settings) -> httpx.AsyncClient:
         max_keepalive_connections=min(settings.upstream_max_connections, 50),
         keepalive_expiry=30,
     )
+
+    def session() -> aiohttp.ClientSession:
+        # aiohttp caps connections per pool, not idle ones: max_keepalive_connections has no equivalent.
+        connector = aiohttp.TCPConnector(
+            limit=settings.upstream_max_connections,
+            keepalive_timeout=limits.keepalive_expiry,
+            ssl=httpx.create_ssl_context(trust_env=False),
+        )
+        # One session serves every person's calls: an upstream's cookies must not reach the next caller.
+        return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar(), trust_env=False)
+
+    # HTTPX's API on aiohttp's transport: HTTPX's own transport costs about twice the CPU per call and
+    # slows as its pool grows (httpx #3215); see docs/benchmarks.md.
     return httpx.AsyncClient(
+        transport=_Transport(limits=limits, trust_env=False, client=session),
         timeout=timeout,
         limits=limits,
         follow_redirects=False,
         trust_env=False,
         headers={"User-Agent": "integration-gateway"},
+        # The same reason on HTTPX's side: a jar that accepts no cookie.
+        cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
     )
 
 
