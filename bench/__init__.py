@@ -1,0 +1,4 @@
+"""Benchmarks: the gateway's own cost next to a direct call and a bare proxy (issue #9).
+
+Run `python -m bench --help`; docs/benchmarks.md holds the latest figures.
+"""

@@ -1,0 +1,142 @@
+"""Child processes of a benchmark run: started in their own process group, always stopped.
+
+Every child is registered in one `Children` set; leaving its `with` block (normally,
+on an exception, on Ctrl-C or SIGTERM) stops all of them, SIGTERM then SIGKILL.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import FrameType
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+GATEWAY = str(Path(sys.executable).parent / "gateway")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def memory_kib(pid: int) -> dict[str, int]:
+    """VmRSS (now) and VmHWM (peak) of a process, in KiB, from /proc."""
+    values: dict[str, int] = {}
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            name, _, rest = line.partition(":")
+            if name in ("VmRSS", "VmHWM"):
+                values[name] = int(rest.split()[0])
+    except OSError:
+        pass
+    return values
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time a process has used so far, from /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class Child:
+    def __init__(self, name: str, args: list[str], env: dict[str, str] | None = None, url: str | None = None) -> None:
+        self.name = name
+        self.url = url
+        # A file, not a pipe: a pipe nobody reads would block a chatty process.
+        self.log = tempfile.TemporaryFile()  # noqa: SIM115 (closed in stop)
+        self.process = subprocess.Popen(
+            args, env=env, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def output(self) -> str:
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")
+
+    def wait_ready(self, path: str, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited at start:\n{self.output()[-3000:]}")
+            try:
+                if httpx.get(f"{self.url}{path}", timeout=1, trust_env=False).status_code < 500:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"{self.name} did not answer on {self.url}{path} within {timeout:.0f} s")
+
+    def memory(self) -> dict[str, int]:
+        return memory_kib(self.pid)
+
+    def cpu(self) -> float:
+        return cpu_seconds(self.pid)
+
+    def stop(self, grace: float = 5.0) -> None:
+        if self.process.poll() is None:
+            for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+                try:
+                    os.killpg(self.process.pid, sig)
+                except ProcessLookupError:
+                    break
+                try:
+                    self.process.wait(timeout=wait)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+        if not self.log.closed:
+            self.log.close()
+
+
+class Children:
+    """Every process this run started; leaving the block stops them all, whatever happened."""
+
+    def __init__(self) -> None:
+        self.children: list[Child] = []
+
+    def start(self, name: str, args: list[str], env: dict[str, str] | None = None, url: str | None = None) -> Child:
+        child = Child(name, args, env, url)
+        self.children.append(child)
+        return child
+
+    def stop(self, child: Child) -> None:
+        child.stop()
+        if child in self.children:
+            self.children.remove(child)
+
+    def __enter__(self) -> Children:
+        def terminate(signum: int, frame: FrameType | None) -> None:
+            raise SystemExit(128 + signum)
+
+        self._previous = signal.signal(signal.SIGTERM, terminate)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for child in reversed(self.children):
+            child.stop(grace=3.0)
+        self.children.clear()
+        signal.signal(signal.SIGTERM, self._previous)
+
+
+def base_env(**extra: str) -> dict[str, str]:
+    """The parent's environment without any GATEWAY_* setting, plus `extra`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "BENCH_"))}
+    env["PYTHONPATH"] = str(ROOT)
+    env.update(extra)
+    return env

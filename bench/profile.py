@@ -1,0 +1,158 @@
+"""Where one gateway call's time goes: the app driven in-process over ASGI, under cProfile.
+
+`python -m bench.profile [--requests N] [--scale]` starts the fast upstream, prepares
+the benchmark's database, runs the real app (create_app from the same environment
+`gateway serve` reads, lifespan included) and sends it N sequential calls without
+a network in front, so every microsecond left is the gateway's own or its HTTP
+client's. It prints the wall time per call without the profiler, then, per call,
+the gateway's own functions (cumulative) and the heaviest functions overall (own time).
+cProfile roughly doubles the cost of small Python functions: read the figures as shares.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import io
+import json
+import pstats
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from gateway import db, logs
+from gateway.app import create_app
+from gateway.settings import from_env
+
+from . import data
+from .processes import ROOT, Children
+from .run import Options, Run
+
+
+def _scope(secret: str) -> dict[str, Any]:
+    path = "/v1/bench/fast"
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.4"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [
+            (b"host", b"127.0.0.1"),
+            (b"content-type", b"application/json"),
+            (b"authorization", f"Bearer {secret}".encode()),
+            (b"content-length", b"13"),
+        ],
+        "client": ("127.0.0.1", 40000),
+        "server": ("127.0.0.1", 8000),
+    }
+
+
+async def call(app: Any, secret: str, state: dict[str, Any]) -> int:
+    sent = False
+    status = 0
+
+    async def receive() -> dict[str, Any]:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": b'{"params":{}}', "more_body": False}
+        await asyncio.sleep(3600)
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = message["status"]
+
+    await app({**_scope(secret), "state": dict(state)}, receive, send)
+    return status
+
+
+async def drive(app: Any, secret: str, requests: int, profiler: cProfile.Profile) -> dict[str, float]:
+    state: dict[str, Any] = {}
+    async with app.router.lifespan_context(app) as lifespan_state:
+        state.update(lifespan_state or {})
+        for _ in range(200):
+            assert await call(app, secret, state) == 200
+        started, cpu = time.perf_counter(), time.process_time()
+        for _ in range(requests):
+            await call(app, secret, state)
+        plain = (time.perf_counter() - started) / requests
+        plain_cpu = (time.process_time() - cpu) / requests
+        profiler.enable()
+        started = time.perf_counter()
+        for _ in range(requests):
+            await call(app, secret, state)
+        profiled = (time.perf_counter() - started) / requests
+        profiler.disable()
+    return {"plain_us": plain * 1e6, "plain_cpu_us": plain_cpu * 1e6, "profiled_us": profiled * 1e6}
+
+
+def _name(key: tuple[str, int, str]) -> str:
+    filename, line, function = key
+    for marker in ("/site-packages/", str(ROOT) + "/"):
+        if marker in filename:
+            filename = filename.split(marker, 1)[1]
+    return f"{filename}:{line}({function})"
+
+
+def summarise(profiler: cProfile.Profile, requests: int, top: int) -> dict[str, list[tuple[str, float, float]]]:
+    stats = pstats.Stats(profiler, stream=io.StringIO())
+    entries = stats.stats  # type: ignore[attr-defined]
+    rows = [(_name(key), tt / requests * 1e6, ct / requests * 1e6) for key, (_, _, tt, ct, _) in entries.items()]
+    own = sorted(rows, key=lambda r: -r[1])[:top]
+    gateway = sorted((r for r in rows if r[0].startswith("gateway/")), key=lambda r: -r[2])[:top]
+    return {"own": own, "gateway_cumulative": gateway}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--scale", action="store_true", help="on the data-scale database")
+    parser.add_argument("--top", type=int, default=40)
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args(argv)
+    options = Options(1, 1, [1], [], "python", args.scale, False, 0, 0, False)
+    with tempfile.TemporaryDirectory(prefix="gateway-profile-") as tmp, Children() as children:
+        run = Run(options, children, Path(tmp))
+        upstream = run.start_upstream()
+        engine = db.make_engine(f"sqlite:///{tmp}/profile.db")
+        account = data.prepare(engine)
+        if args.scale:
+            data.fill(engine, account)
+        engine.dispose()
+        settings = from_env(data.gateway_env(f"sqlite:///{tmp}/profile.db", upstream))
+        logs.configure(settings.log_level, settings.log_json)
+        app = create_app(settings)
+        profiler = cProfile.Profile()
+        try:
+            import uvloop
+        except ImportError:  # pragma: no cover
+            timing = asyncio.run(drive(app, account.secret, args.requests, profiler))
+        else:
+            timing = uvloop.run(drive(app, account.secret, args.requests, profiler))
+    summary = summarise(profiler, args.requests, args.top)
+    print(
+        f"{args.requests} sequential calls in-process: {timing['plain_us']:.0f} µs per call, "
+        f"{timing['plain_cpu_us']:.0f} µs of this process's CPU ({timing['profiled_us']:.0f} µs under cProfile)\n"
+    )
+    print("gateway functions, cumulative µs per call (under cProfile)")
+    for name, _, cumulative in summary["gateway_cumulative"]:
+        print(f"{cumulative:9.1f}  {name}")
+    print("\nheaviest functions, own µs per call (under cProfile)")
+    for name, own, _ in summary["own"]:
+        print(f"{own:9.1f}  {name}")
+    if args.json:
+        args.json.write_text(json.dumps({"timing": timing, **summary}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
