@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
@@ -67,18 +68,24 @@ def get(engine: Engine, user_id: int, run_id: str) -> Run | None:
     return Run(**row._mapping) if row else None
 
 
+def _today(user_id: int) -> list[Any]:
+    midnight = utc_midnight()
+    # Run ids start with their creation time in milliseconds, so an id bound lets the
+    # (user_id, id) index find today's runs; created_at keeps the count exact.
+    first_id = f"run_{int(midnight.timestamp() * 1000):012x}"
+    return [Run.user_id == user_id, Run.id >= first_id, Run.created_at >= midnight]
+
+
 def calls_today(engine: Engine, user_id: int) -> int:
     with engine.connect() as c:
-        return c.execute(
-            select(func.count()).select_from(Run).where(Run.user_id == user_id, Run.created_at >= utc_midnight())
-        ).scalar_one()
+        return c.execute(select(func.count()).select_from(Run).where(*_today(user_id))).scalar_one()
 
 
 def calls_today_by_key(engine: Engine, user_id: int) -> dict[int, int]:
     with engine.connect() as c:
         rows = c.execute(
             select(Run.api_key_id, func.count())
-            .where(Run.user_id == user_id, Run.created_at >= utc_midnight(), Run.api_key_id.is_not(None))
+            .where(*_today(user_id), Run.api_key_id.is_not(None))
             .group_by(Run.api_key_id)
         ).all()
     return {key_id: count for key_id, count in rows}

@@ -299,6 +299,7 @@ ERROR_TITLES = {
     405: "Not allowed here",
     429: "Too many attempts",
     500: "Something went wrong",
+    503: "Temporarily unavailable",
 }
 
 
