@@ -20,9 +20,10 @@ from sqlalchemy import select, update
 from gateway import connections, keys, users
 from gateway.app import create_app
 from gateway.models import ApiKey, Connection, OAuthState, Run, WebSession, new_id, utcnow
-from tests.conftest import TESTS, Gateway, make_settings, provider_overrides
+from tests.conftest import TESTS, Gateway, PostgresSchema, make_settings, postgres_available, provider_overrides
 from tests.fakes.provider import ProviderState
 from tests.servers import ServerThread, free_port
+from tests.tcpproxy import TcpProxy
 
 PASSWORD = "correct horse battery"
 CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
@@ -1055,3 +1056,28 @@ def test_plan_connection_limit_applies_to_the_dashboard(
         assert "Your plan: tiny" in usage and "Limit reached" in usage
         b.close()
         gw.http.close()
+
+
+@pytest.mark.postgres
+def test_database_outage_is_a_friendly_page(provider: ProviderState) -> None:
+    if not postgres_available():
+        pytest.skip("PostgreSQL is not running")
+    schema, proxy = PostgresSchema(), TcpProxy(5432)
+    port = free_port()
+    url = schema.url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
+    settings = make_settings(url, provider.url, public_url=f"http://127.0.0.1:{port}")  # type: ignore[attr-defined]
+    try:
+        with ServerThread(create_app(settings), port=port) as server:
+            gw = Gateway(settings, server)
+            b = Browser(gw)
+            b.signup()
+            proxy.cut()
+            down = b.get("/dashboard/integrations")
+            assert down.status_code == 503 and down.headers["content-type"].startswith("text/html")
+            assert "Temporarily unavailable" in down.text and "Traceback" not in down.text
+            proxy.restore()
+            b.close()
+            gw.http.close()
+    finally:
+        proxy.close()
+        schema.drop()
