@@ -431,6 +431,17 @@ def test_denied_consent_stores_nothing(browser: Browser, public_gateway: Gateway
     assert connection(public_gateway, browser.user_id()) is None
 
 
+def test_provider_error_on_the_way_back_stores_nothing(browser: Browser, public_gateway: Gateway) -> None:
+    browser.signup()
+    state = parse_qs(urlsplit(browser.start_connect("github")).query)["state"][0]
+    page = browser.get("/oauth/github/callback", params={"state": state, "error": "temporarily_unavailable"})
+    assert page.status_code == 400 and "GitHub stopped the connection (temporarily_unavailable)" in page.text
+    assert connection(public_gateway, browser.user_id()) is None
+    # The state is spent: coming back with a code for it now is a replay.
+    replay = browser.get("/oauth/github/callback", params={"state": state, "code": "anything"})
+    assert replay.status_code == 400 and "already used" in replay.text
+
+
 @both_databases
 def test_replayed_state_is_refused(browser: Browser, public_gateway: Gateway) -> None:
     browser.signup()
