@@ -240,6 +240,12 @@ def cmd_integrations_validate(args: argparse.Namespace, settings: settings_modul
             errors.append(str(exc))
         else:
             valid.append({"file": str(path), "name": integration.name, "endpoints": len(integration.endpoints)})
+    if not errors:
+        # Files that are each valid may still clash together (names, tool names).
+        try:
+            specs.load_registry(paths)
+        except specs.SpecError as exc:
+            errors.append(str(exc))
     if args.json:
         print(json.dumps({"valid": valid, "errors": errors}, indent=2))
     else:

@@ -398,16 +398,36 @@ def spec_files(folders: Iterable[Path]) -> list[Path]:
     return files
 
 
+# The MCP server's own tools; no endpoint's tool name may take them.
+META_TOOLS = frozenset({"list_integrations", "connect_integration", "wait_for_connection", "search_tools"})
+# OpenAI and Anthropic accept function names of at most 64 characters.
+MAX_TOOL_NAME = 64
+
+
 class Registry:
     """Every integration the gateway serves, by name."""
 
     def __init__(self, integrations: Iterable[Integration]) -> None:
         self.integrations: dict[str, Integration] = {}
+        tools: dict[str, CompiledEndpoint] = {}
         for integration in integrations:
             if integration.name in self.integrations:
                 other = self.integrations[integration.name].source
                 raise SpecError(f"{integration.source}: name: '{integration.name}' is also defined in {other}")
             self.integrations[integration.name] = integration
+            for endpoint in integration.endpoints.values():
+                name = endpoint.tool_name
+                where = f"{integration.source}: endpoints.{endpoint.name}"
+                if len(name) > MAX_TOOL_NAME:
+                    raise SpecError(f"{where}: tool name '{name}' is longer than {MAX_TOOL_NAME} characters")
+                if name in META_TOOLS:
+                    raise SpecError(f"{where}: tool name '{name}' is reserved for the MCP server")
+                if name in tools:
+                    clash = tools[name]
+                    raise SpecError(
+                        f"{where}: tool name '{name}' is also {clash.integration.name}/{clash.name} ({clash.integration.source})"
+                    )
+                tools[name] = endpoint
 
     def __iter__(self):  # type: ignore[no-untyped-def]
         return iter(sorted(self.integrations.values(), key=lambda i: i.name))

@@ -103,3 +103,25 @@ def test_every_builtin_spec_validates() -> None:
     registry = load_registry([Path(__file__).resolve().parents[1] / "integrations"])
     assert registry.get("github") is not None
     assert len(registry.get("github").endpoints) >= 15
+
+
+def test_tool_names_must_be_unique_short_and_not_reserved(tmp_path: Path) -> None:
+    import copy
+
+    first = copy.deepcopy(BASE)
+    first["name"] = "a-b"
+    first["endpoints"] = {"c": copy.deepcopy(BASE["endpoints"]["get_thing"])}
+    second = copy.deepcopy(BASE)
+    second["name"] = "a"
+    second["endpoints"] = {"b_c": copy.deepcopy(BASE["endpoints"]["get_thing"])}
+    write(tmp_path, first, "a-b")
+    write(tmp_path, second, "a")
+    with pytest.raises(SpecError, match="tool name 'a_b_c' is also"):
+        load_registry([tmp_path])
+
+    long = copy.deepcopy(BASE)
+    long["endpoints"] = {"x" * 60: copy.deepcopy(BASE["endpoints"]["get_thing"])}
+    (tmp_path / "only").mkdir()
+    write(tmp_path / "only", long)
+    with pytest.raises(SpecError, match="longer than 64"):
+        load_registry([tmp_path / "only"])
