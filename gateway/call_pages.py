@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
+from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from . import history, key_pages
+from . import history, key_pages, runs
 from .models import User
 from .runs import STATUSES
-from .web import page, render, services_of
+from .web import action, page, redirect, render, services_of
 
 
 def _filters(request: Request) -> history.Filters:
@@ -65,10 +66,23 @@ async def call_page(request: Request, user: User) -> Response:
         raise HTTPException(404, "There is no call with that id in your account.")
     key = key_pages.key_for(services.engine, user.id or 0, run.api_key_id) if run.api_key_id else None
     integration = services.registry.get(run.integration)
-    return render(request, "call.html", {"run": run, "key": key, "integration": integration})
+    context = {"run": run, "key": key, "integration": integration, "done": request.query_params.get("done")}
+    return render(request, "call.html", context)
+
+
+@action
+async def cancel(request: Request, user: User, form: FormData) -> Response:
+    """Removes a pending queued call; one that a worker already took keeps running."""
+    services = services_of(request)
+    run_id = request.path_params["run_id"][:40]
+    if history.get(services.engine, user.id or 0, run_id) is None:
+        raise HTTPException(404, "There is no call with that id in your account.")
+    removed = runs.cancel(services.engine, run_id, user.id or 0)
+    return redirect(f"/dashboard/calls/{quote(run_id, safe='')}?done={'cancelled' if removed else 'not-cancelled'}")
 
 
 routes = [
     Route("/dashboard/calls", calls_page, methods=["GET"]),
     Route("/dashboard/calls/{run_id}", call_page, methods=["GET"]),
+    Route("/dashboard/calls/{run_id}/cancel", cancel, methods=["POST"]),
 ]

@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from . import accounts, approval_pages, call_pages, connections, history, key_pages, limits, oauth
+from . import accounts, approval_pages, call_pages, connections, history, key_pages, limits, oauth, waitpoint_pages
 from .errors import PlanLimitReached
 from .models import Connection, User
 from .specs import ApiKeyAuth, Integration
@@ -215,5 +215,6 @@ routes = [
     *key_pages.routes,
     *call_pages.routes,
     *approval_pages.routes,
+    *waitpoint_pages.routes,
     Route("/dashboard/usage", usage_page, methods=["GET"]),
 ]

@@ -128,6 +128,8 @@ async def call(
         record.refreshed = True
         response = await _send(services, endpoint, params, connection, record)
         if response.status == 401:
+            # A token fresh from the provider is still refused: only a new connection can help.
+            services.tokens.mark_needs_reconnect(connection)
             raise services.tokens.expired_error(
                 integration, f"{integration.display_name} still answered 401 after a token refresh; reconnect."
             )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import threading
 import time
 from typing import Any
 
@@ -15,9 +16,24 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+_last_id = [0, 0]
+_id_lock = threading.Lock()
+
+
 def new_id(prefix: str) -> str:
-    """A time-ordered id (48-bit milliseconds + 80 random bits), so ids sort by creation."""
-    return f"{prefix}_{int(time.time() * 1000):012x}{os.urandom(10).hex()}"
+    """A time-ordered id: 48-bit milliseconds, a 16-bit sequence, 64 random bits.
+
+    Ids made by one process are strictly increasing, even within one millisecond:
+    queue order and "newest first" rely on it.
+    """
+    with _id_lock:
+        ms, seq = int(time.time() * 1000), 0
+        if ms <= _last_id[0]:
+            ms, seq = _last_id[0], _last_id[1] + 1
+            if seq > 0xFFFF:
+                ms, seq = ms + 1, 0
+        _last_id[:] = [ms, seq]
+    return f"{prefix}_{ms:012x}{seq:04x}{os.urandom(8).hex()}"
 
 
 class User(SQLModel, table=True):

@@ -59,6 +59,14 @@ class TokenStore:
         token = self.box.decrypt(connection.access_token)
         return token or ""
 
+    def mark_needs_reconnect(self, connection: Connection) -> None:
+        with self.engine.begin() as c:
+            c.execute(
+                update(Connection)
+                .where(Connection.id == connection.id)
+                .values(status="needs_reconnect", updated_at=utcnow())
+            )
+
     def expired_error(self, integration: Integration, message: str) -> TokenExpired:
         return TokenExpired(message, action_url=links.integration(self.settings, integration.name, reconnect=True))
 

@@ -46,6 +46,7 @@ def provider_overrides(url: str) -> dict[str, IntegrationOverrides]:
         base_url=f"{url}/api",
         authorize_url=f"{url}/oauth/authorize",
         token_url=f"{url}/oauth/token",
+        revoke_url=f"{url}/oauth/revoke",
     )
     return {"github": fake, "fakeapi": fake}
 

@@ -17,9 +17,10 @@ import httpx
 import pytest
 from sqlalchemy import select, update
 
-from gateway import connections, keys, users
+from gateway import connections, keys, runs, users, waitpoints
 from gateway.app import create_app
 from gateway.models import ApiKey, Connection, OAuthState, Run, WebSession, new_id, utcnow
+from gateway.runs import RunRecord
 from tests.conftest import TESTS, Gateway, PostgresSchema, make_settings, postgres_available, provider_overrides
 from tests.fakes.provider import ProviderState
 from tests.servers import ServerThread, free_port
@@ -1092,3 +1093,71 @@ def test_database_outage_is_a_friendly_page(provider: ProviderState) -> None:
     finally:
         proxy.close()
         schema.drop()
+
+
+# Queued calls and waitpoints
+
+
+def pending_run(gateway: Gateway, user_id: int, queue: str = "exports") -> str:
+    key, _ = keys.create(gateway.engine, user_id)
+    record = RunRecord.start()
+    record.user_id, record.api_key_id, record.integration, record.endpoint = user_id, key.id, "fakeapi", "text"
+    record.queue_name = queue
+    # The gateway's worker would run it at once: hold it as if another queue call were running first.
+    blocker = RunRecord.start()
+    blocker.user_id, blocker.integration, blocker.endpoint, blocker.queue_name = user_id, "fakeapi", "text", queue
+    blocker.status = "running"
+    runs.save(gateway.engine, gateway.box, blocker, None)
+    runs.create_pending(gateway.engine, gateway.box, record=record, params={})
+    return record.id
+
+
+def test_a_pending_queued_call_can_be_cancelled_from_its_page(
+    browser: Browser, other: Browser, public_gateway: Gateway
+) -> None:
+    browser.signup()
+    user_id = browser.user_id()
+    run_id = pending_run(public_gateway, user_id)
+    listed = browser.get("/dashboard/calls?status=pending")
+    assert run_id in listed.text
+    page = browser.get(f"/dashboard/calls/{run_id}")
+    assert "waiting in the queue" in page.text and "Cancel this call" in page.text
+
+    other.signup()
+    assert other.post(f"/dashboard/calls/{run_id}/cancel").status_code == 404
+    assert runs.get_any(public_gateway.engine, run_id).status == "pending"
+    assert browser.http.post(f"/dashboard/calls/{run_id}/cancel", data={"csrf_token": "forged"}).status_code == 403
+
+    done = browser.post(f"/dashboard/calls/{run_id}/cancel")
+    assert done.status_code == 303 and done.headers["location"].endswith("?done=cancelled")
+    assert runs.get_any(public_gateway.engine, run_id).status == "cancelled"
+    again = browser.post(f"/dashboard/calls/{run_id}/cancel")
+    assert again.headers["location"].endswith("?done=not-cancelled")
+    page = browser.get(again.headers["location"])
+    assert "Cancel this call" not in page.text and "can be cancelled" in page.text
+
+
+def test_waitpoints_are_listed_with_their_status(browser: Browser, other: Browser, public_gateway: Gateway) -> None:
+    browser.signup()
+    user_id = browser.user_id()
+    engine = public_gateway.engine
+    import datetime as dt
+
+    done, _ = waitpoints.create(
+        engine, user_id=user_id, api_key_id=None, timeout=dt.timedelta(hours=1), tags=["deploy"]
+    )
+    waitpoints.complete(engine, done.id, {"ok": True})
+    waiting = waitpoints.connection_waitpoint(engine, user_id, "github")
+    late, _ = waitpoints.create(engine, user_id=user_id, api_key_id=None, timeout=dt.timedelta(seconds=1))
+    time.sleep(1.2)
+    page = browser.get("/dashboard/waitpoints")
+    assert page.status_code == 200
+    for w, label in ((done, "completed"), (waiting, "waiting"), (late, "timed out")):
+        row = page.text[page.text.index(w.id) :].split("</tr>")[0]
+        assert label in row, (w.id, label)
+    assert "connecting" in page.text and "deploy" in page.text
+    only = browser.get("/dashboard/waitpoints?status=COMPLETED").text
+    assert done.id in only and waiting.id not in only
+
+    other.signup()
+    assert done.id not in other.get("/dashboard/waitpoints").text

@@ -138,6 +138,8 @@ def test_second_401_after_refresh_is_token_expired_not_a_loop(gateway: Gateway, 
     assert response.json()["error"] == "token_expired"
     assert len(provider.refresh_requests()) == 1
     assert len(provider.api_requests()) == 2
+    # The API says "reconnect"; the dashboard must say so too.
+    assert connections.get(gateway.engine, account[0], "github").status == "needs_reconnect"
 
 
 def test_connection_without_refresh_token_needs_reconnect_on_401(gateway: Gateway, provider) -> None:

@@ -83,3 +83,11 @@ def test_only_rate_limit_and_link_headers_pass() -> None:
         )
     )
     assert response.headers == {"x-ratelimit-remaining": "1", "retry-after": "3", "link": "<x>"}
+
+
+def test_ids_are_strictly_increasing_within_a_process() -> None:
+    from gateway.models import new_id
+
+    ids = [new_id("run") for _ in range(5000)]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    assert all(len(i) == len(ids[0]) for i in ids)

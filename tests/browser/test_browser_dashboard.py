@@ -213,6 +213,7 @@ PAGES = [
     "/dashboard/calls",
     "/dashboard/usage",
     "/dashboard/approvals",
+    "/dashboard/waitpoints",
     "/dashboard/account",
     "/dashboard/nothing-here",
 ]
