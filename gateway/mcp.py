@@ -28,7 +28,7 @@ from starlette.requests import Request
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from . import connections, keys, links, tools, waitpoints
+from . import connections, keys, limits, links, tools, waitpoints
 from .errors import BadRequest, GatewayError, NotFound, ServiceUnavailable
 from .execute import CallResult, execute
 from .models import ApiKey, Connection, utcnow
@@ -248,6 +248,9 @@ class McpEndpoint:
     ) -> dict[str, Any]:
         services, integration = caller.services, self._integration(caller, arguments["integration"])
         connection = self._connection(caller, integration)
+        # One more connection than the plan allows is refused here too, not only in the dashboard.
+        plan = services.plans.for_user(services.engine, caller.key.user_id)
+        limits.ensure_can_connect(services.engine, services.settings, plan, caller.key.user_id, integration.name)
         described = describe(services.settings, integration, connection)
         described["action_url"] = links.integration(
             services.settings, integration.name, reconnect=connection is not None

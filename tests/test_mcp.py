@@ -262,6 +262,25 @@ async def test_connect_integration_gives_the_dashboard_link(gateway: Gateway, ac
     assert "integration" in wrong["details"]
 
 
+async def test_connect_integration_respects_the_plan(gateway: Gateway, account) -> None:
+    user_id, secret = account  # github is connected
+    services = gateway.app.state.services
+    services.plans.plans["one"] = services.plans.get("free").model_copy(update={"name": "one", "max_connections": 1})
+    with gateway.engine.begin() as c:
+        from sqlalchemy import update
+
+        from gateway.models import User
+
+        c.execute(update(User).where(User.id == user_id).values(plan="one"))
+    services.plans.forget(user_id)
+    refused = await call(gateway, secret, "connect_integration", {"integration": "fakeapi"})
+    assert refused.is_error
+    lines = error_lines(refused)
+    assert lines["error"] == "plan_limit_reached" and lines["action_url"].endswith("/dashboard/usage")
+    again = await call(gateway, secret, "connect_integration", {"integration": "github"})
+    assert not again.is_error  # reconnecting stays allowed
+
+
 async def test_search_tools_ranks_by_name_then_description(gateway: Gateway, account) -> None:
     _, secret = account
     result = await call(gateway, secret, "search_tools", {"query": "create an issue", "limit": 3})
