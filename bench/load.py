@@ -49,8 +49,9 @@ class Measurement:
     generator: str
     # CPU the server process used per answered request: what contention on a shared machine changes least.
     cpu_us: float | None = None
-    # The 1-minute load average when the measurement started: above the CPU count, others were busy too.
-    load1: float | None = None
+    # Share of the machine's CPU used by processes other than the server, the upstream and the load
+    # generator while measuring: on a shared machine, the figures are only comparable when this is low.
+    others_cpu: float | None = None
 
     @property
     def rps(self) -> float:

@@ -7,6 +7,7 @@ on an exception, on Ctrl-C or SIGTERM) stops all of them, SIGTERM then SIGKILL.
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -49,6 +50,25 @@ def cpu_seconds(pid: int) -> float:
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy_seconds() -> float:
+    """User and system CPU time of every process since boot, from /proc/stat.
+
+    Interrupt time is left out: loopback traffic is handled there, and it belongs
+    to no process, so counting it would blame others for the benchmark's own packets.
+    """
+    try:
+        user, nice, system = (int(v) for v in Path("/proc/stat").read_text().split(maxsplit=4)[1:4])
+    except (OSError, ValueError):
+        return 0.0
+    return (user + nice + system) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu_seconds() -> float:
+    """CPU time of this process's children that have finished (a load generator run, once it returns)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 class Child:

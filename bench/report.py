@@ -49,7 +49,7 @@ def rows(results: list[Measurement]) -> list[dict[str, Any]]:
             "p99_ms": round(m.p99_ms, 3),
             "errors": m.errors,
             "cpu_us": None if m.cpu_us is None else round(m.cpu_us),
-            "load1": m.load1,
+            "others_cpu": None if m.others_cpu is None else round(m.others_cpu, 3),
             "x_proxy": None,
             "p50_over_direct_ms": None,
         }
@@ -135,6 +135,7 @@ def queue_lines(queue: dict[str, Any]) -> list[str]:
         f"× {queue['concurrency']} slots, PostgreSQL",
         f"enqueued in {queue['enqueue_s']:.1f} s ({queue['calls'] / queue['enqueue_s']:,.0f}/s, runs.create_pending)",
         f"drained in {queue['drain_s']:.1f} s: {queue['calls_per_s']:,.0f} calls/s "
-        f"(first start to last end), statuses {queue['statuses']}",
+        f"(first start to last end), statuses {queue['statuses']}; "
+        f"worker CPU {queue['worker_cpu_ms_per_call']:.2f} ms per call",
         f"order held: {queue['order_held']} ({queue['order_detail']})",
     ]

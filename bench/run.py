@@ -21,7 +21,16 @@ from typing import Any
 from gateway import db
 
 from . import data, load, memory, queues, report
-from .processes import GATEWAY, PYTHON, Child, Children, base_env, free_port
+from .processes import (
+    GATEWAY,
+    PYTHON,
+    Child,
+    Children,
+    base_env,
+    children_cpu_seconds,
+    free_port,
+    machine_busy_seconds,
+)
 
 TARGETS = ("direct", "proxy-httpx", "proxy-aiohttp", "gateway")
 
@@ -93,6 +102,7 @@ class Run:
         self.rss: dict[str, dict[str, int]] = {}
         self.extra: dict[str, Any] = {}
         self.upstream: Child | None = None
+        self.machine_cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
     def log(self, message: str) -> None:
         print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
@@ -142,14 +152,19 @@ class Run:
         options = self.options
         peak = max(options.connections)
         load.measure(options.generator, f"{target} warm-up", request, peak, options.warmup)
+        ours = [server] if server is self.upstream or self.upstream is None else [server, self.upstream]
         for connections in options.connections:
-            load1, cpu = os.getloadavg()[0], server.cpu()
+            cpu, busy, spawned = [c.cpu() for c in ours], machine_busy_seconds(), children_cpu_seconds()
+            started = time.monotonic()
             m = load.measure(options.generator, target, request, connections, options.duration)
-            m.cpu_us = (server.cpu() - cpu) / m.requests * 1e6 if m.requests else None
-            m.load1 = round(load1, 2)
+            elapsed = time.monotonic() - started
+            used = [c.cpu() - before for c, before in zip(ours, cpu, strict=True)]
+            others = machine_busy_seconds() - busy - sum(used) - (children_cpu_seconds() - spawned)
+            m.cpu_us = used[0] / m.requests * 1e6 if m.requests else None
+            m.others_cpu = max(others, 0.0) / (elapsed * self.machine_cpus)
             self.log(
                 f"{target:<14} c={connections:<3} {m.rps:>9,.0f} req/s  p50 {m.p50_ms:.3f} ms  p99 {m.p99_ms:.3f} ms"
-                f"  {m.cpu_us or 0:,.0f} µs CPU/req  (load {load1:.1f})"
+                f"  {m.cpu_us or 0:,.0f} µs CPU/req  (others used {m.others_cpu:.0%} of the CPUs)"
             )
             self.results.append(m)
 
@@ -196,19 +211,22 @@ def render(options: Options, run: Run, machine: dict[str, Any], markdown: bool) 
     if run.results:
         out.append(report.table(run.results, markdown=markdown))
         out.append("")
-        loads = [m.load1 for m in run.results if m.load1 is not None]
-        if loads:
-            busy = (
-                " (other work was running: compare CPU µs/req more than req/s)"
-                if max(loads) > machine["nproc"] / 2
-                else ""
+        others = [m.others_cpu for m in run.results if m.others_cpu is not None]
+        if others:
+            note = " (the machine was shared: CPU µs/req compares better than req/s)" if max(others) > 0.1 else ""
+            out.append(
+                f"Other processes used {min(others):.0%} to {max(others):.0%} of the CPUs during the measurements{note}."
             )
-            out.append(f"1-minute load average before the measurements: {min(loads):.1f} to {max(loads):.1f}{busy}")
             out.append("")
     bullet = "- " if markdown else ""
     out += [bullet + line for line in report.memory_lines(run.rss)]
     if "scale_rows" in run.extra:
-        out.append(bullet + f"data-scale database: {run.extra['scale_rows']}")
+        rows = run.extra["scale_rows"]
+        out.append(
+            bullet + f"data-scale database: {rows['users']:,} users, {rows['api_keys']:,} API keys, "
+            f"{rows['connections']:,} connections, {rows['runs']:,} runs, {rows['daily_usage']:,} daily-usage rows "
+            f"(bulk-inserted in {rows['seconds']} s)"
+        )
     if "big_responses" in run.extra:
         out += [bullet + line for line in report.big_response_lines(run.extra["big_responses"])]
     if "queue" in run.extra:
