@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import re
 import secrets
@@ -121,6 +122,10 @@ def create_app(settings: Settings, registry: specs.Registry | None = None) -> St
                 worker = Worker(services, settings.worker_concurrency)
                 services.notify_queue = worker.wake
                 await worker.start()
+            # Start-up leaves ~200,000 long-lived objects; without freezing them the cyclic
+            # GC walks them all, pausing requests for ~120 ms (measured by bench.hotspots).
+            gc.collect()
+            gc.freeze()
             try:
                 async with mcp_endpoint.run():
                     yield

@@ -60,7 +60,12 @@ def next_reset() -> dt.datetime:
 
 
 def _subjects(key: ApiKey, plan: Plan) -> list[tuple[str, int | None]]:
-    return [(f"user:{key.user_id}", plan.daily_calls), (f"key:{key.id}", key.daily_limit)]
+    # A person's calls are always counted (the usage page shows them); a key's only when it has a
+    # limit of its own, which saves a write on every call of most keys.
+    subjects: list[tuple[str, int | None]] = [(f"user:{key.user_id}", plan.daily_calls)]
+    if key.daily_limit is not None:
+        subjects.append((f"key:{key.id}", key.daily_limit))
+    return subjects
 
 
 def _increment(c: DbConnection, subject: str, day: dt.date, limit: int | None) -> int | None:

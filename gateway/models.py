@@ -105,7 +105,9 @@ class Run(SQLModel, table=True):
     integration: str = Field(max_length=100)
     endpoint: str = Field(max_length=100)
     # pending | running | completed | failed | timeout | cancelled
-    status: str = Field(default="running", max_length=16, index=True)
+    # No index of its own: (status, lease_until) and (user_id, id) serve every query, and each
+    # index is one more B-tree page written per call.
+    status: str = Field(default="running", max_length=16)
     http_status: int | None = None
     upstream_status: int | None = None
     error_code: str | None = Field(default=None, max_length=64)

@@ -13,6 +13,7 @@ import contextlib
 import datetime as dt
 import logging
 import os
+import time
 from typing import Any
 
 from sqlalchemy.exc import DBAPIError
@@ -27,7 +28,10 @@ from .services import Services
 logger = logging.getLogger("gateway.worker")
 
 HOUSEKEEPING_EVERY = 1.0
-IDLE_POLL = 0.5
+# Purging scans old rows: once a minute is plenty for "kept until expires".
+PURGE_EVERY = 60.0
+# A submission in this process wakes its worker at once; polling only finds other processes' work.
+IDLE_POLL = 1.0
 
 
 def describe(services: Services, run: Run) -> dict[str, Any]:
@@ -83,6 +87,7 @@ class Worker:
         self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[Any]] = set()
+        self._purged = -PURGE_EVERY
 
     def wake(self) -> None:
         self._wake.set()
@@ -214,4 +219,7 @@ class Worker:
                     task = asyncio.get_running_loop().create_task(self.after(run))
                     self._background.add(task)
                     task.add_done_callback(self._background.discard)
-        runs.purge(services.engine)
+        now = time.monotonic()
+        if now - self._purged >= PURGE_EVERY:
+            self._purged = now
+            runs.purge(services.engine)
