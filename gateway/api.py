@@ -132,6 +132,8 @@ async def call_endpoint(request: Request) -> Response:
     body = await json_object(request)
     options = _options(body, services)
     integration, endpoint_name = request.path_params["integration"], request.path_params["endpoint"]
+    # Counting the call sets its X-RateLimit-* headers; the middleware need not read them again.
+    request.scope["state"]["usage_reported"] = True
 
     idempotency: tuple[str, str] | None = None
     header = request.headers.get("idempotency-key")

@@ -11,6 +11,26 @@ from sqlalchemy.engine import Engine
 from . import waitpoints
 from .crypto import Box
 from .models import Connection, utcnow
+from .ttlcache import TTLCache
+
+# Every call loads its connection. A change in this process drops the entry at once; one in
+# another process is seen within 2 s (a refreshed token there costs at most one extra 401 here,
+# which the refresh path resolves by re-reading the row).
+CACHE_SECONDS = 2.0
+_cache: TTLCache[Connection] = TTLCache(CACHE_SECONDS)
+
+
+def cached(engine: Engine, user_id: int, integration: str) -> Connection | None:
+    found = _cache.get((id(engine), user_id, integration))
+    if found is None:
+        found = get(engine, user_id, integration)
+        if found is not None:
+            _cache.put((id(engine), user_id, integration), found)
+    return found
+
+
+def forget(engine: Engine, user_id: int, integration: str) -> None:
+    _cache.drop((id(engine), user_id, integration))
 
 
 def get(engine: Engine, user_id: int, integration: str) -> Connection | None:
@@ -81,6 +101,7 @@ def save(
             c.execute(
                 Connection.__table__.insert().values(user_id=user_id, integration=integration, created_at=now, **values)
             )
+    forget(engine, user_id, integration)
     found = get(engine, user_id, integration)
     assert found is not None
     waitpoints.connected(engine, user_id, integration, now)
@@ -88,6 +109,7 @@ def save(
 
 
 def remove(engine: Engine, user_id: int, integration: str) -> bool:
+    forget(engine, user_id, integration)
     with engine.begin() as c:
         return (
             c.execute(

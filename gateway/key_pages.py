@@ -39,7 +39,9 @@ def key_for(engine: Engine, user_id: int, key_id: int) -> ApiKey | None:
 def _update(engine: Engine, user_id: int, key_id: int, **values: Any) -> bool:
     with engine.begin() as c:
         statement = update(ApiKey).where(ApiKey.id == key_id, ApiKey.user_id == user_id, ApiKey.revoked_at.is_(None))
-        return c.execute(statement.values(**values)).rowcount == 1
+        changed = c.execute(statement.values(**values)).rowcount == 1
+    keys.forget(engine, key_id)  # a revoked or narrowed key must not live on in this process's cache
+    return changed
 
 
 class FormProblem(ValueError):

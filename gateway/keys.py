@@ -12,6 +12,7 @@ from sqlalchemy.engine import Engine
 
 from .db import session
 from .models import ApiKey, utcnow
+from .ttlcache import TTLCache
 
 KEY_PREFIX = "sk_"
 
@@ -55,10 +56,18 @@ def create(
     return key, secret
 
 
+# Every call checks its key: a revocation in this process applies at once, in another within 2 s.
+CACHE_SECONDS = 2.0
+_cache: TTLCache[ApiKey] = TTLCache(CACHE_SECONDS)
+
+
 def authenticate(engine: Engine, secret: str) -> ApiKey | None:
     if not secret.startswith(KEY_PREFIX) or len(secret) > 200:
         return None
     digest = hash_key(secret)
+    cached = _cache.get((id(engine), digest))
+    if cached is not None and hmac.compare_digest(cached.key_hash, digest):
+        return cached
     with engine.connect() as connection:
         row = connection.execute(select(ApiKey).where(ApiKey.key_hash == digest, ApiKey.revoked_at.is_(None))).first()
     if row is None:
@@ -67,7 +76,13 @@ def authenticate(engine: Engine, secret: str) -> ApiKey | None:
     # The lookup is by hash; compare again in constant time so no timing path depends on the secret.
     if not hmac.compare_digest(key.key_hash, digest):
         return None
+    _cache.put((id(engine), digest), key)
     return key
+
+
+def forget(engine: Engine, key_id: int | None = None) -> None:
+    """Drops cached keys (one, or all of this engine's) after a change in this process."""
+    _cache.drop_where(lambda k, v: k[0] == id(engine) and (key_id is None or v.id == key_id))
 
 
 def by_id(engine: Engine, key_id: int) -> ApiKey | None:
@@ -100,4 +115,6 @@ def revoke(engine: Engine, key_id: int, user_id: int | None = None) -> bool:
     if user_id is not None:
         statement = statement.where(ApiKey.user_id == user_id)
     with engine.begin() as connection:
-        return connection.execute(statement.values(revoked_at=utcnow())).rowcount == 1
+        revoked = connection.execute(statement.values(revoked_at=utcnow())).rowcount == 1
+    forget(engine, key_id)
+    return revoked

@@ -22,9 +22,13 @@ class RateLimitHeadersMiddleware:
 
         async def send_with_usage(message: Message) -> None:
             if message["type"] == "http.response.start":
-                key = scope.get("state", {}).get("api_key")
+                state = scope.get("state", {})
+                key = state.get("api_key")
                 headers = message.setdefault("headers", [])
-                if key is not None and not any(name == RATE_LIMIT_HEADER for name, _ in headers):
+                # A call already reported its usage (or had no limit to report): no second read.
+                if key is not None and not state.get("usage_reported") and not any(
+                    name == RATE_LIMIT_HEADER for name, _ in headers
+                ):
                     services = scope["app"].state.services
                     try:
                         usage = limits.current(

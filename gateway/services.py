@@ -101,6 +101,10 @@ class Services:
     signers: dict[str, Signer]
     plans: PlanBook = dataclasses.field(default_factory=lambda: PlanBook(dict(plans.BUILTIN), "free"))
     metrics: Metrics = dataclasses.field(default_factory=Metrics)
+    run_writer: runs.RunWriter = dataclasses.field(init=False)
+
+    def __post_init__(self) -> None:
+        self.run_writer = runs.RunWriter(self.engine)
     # Wakes this process's queue worker when a call is queued here (set by the worker).
     notify_queue: Callable[[], None] = lambda: None
     # Awaited with (services, run) when a queued or held run ends: waitpoints, metrics.

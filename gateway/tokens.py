@@ -60,6 +60,7 @@ class TokenStore:
         return token or ""
 
     def mark_needs_reconnect(self, connection: Connection) -> None:
+        connections.forget(self.engine, connection.user_id, connection.integration)
         with self.engine.begin() as c:
             c.execute(
                 update(Connection)
@@ -114,6 +115,7 @@ class TokenStore:
         return taken == 1
 
     def _release_lease(self, connection: Connection, **values: Any) -> None:
+        connections.forget(self.engine, connection.user_id, connection.integration)
         with self.engine.begin() as c:
             c.execute(
                 update(Connection)

@@ -91,3 +91,27 @@ def test_ids_are_strictly_increasing_within_a_process() -> None:
     ids = [new_id("run") for _ in range(5000)]
     assert ids == sorted(ids) and len(set(ids)) == len(ids)
     assert all(len(i) == len(ids[0]) for i in ids)
+
+
+def test_the_shared_client_never_carries_one_callers_cookies_to_the_next() -> None:
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from gateway.services import make_http_client
+    from gateway.settings import Settings
+    from tests.servers import ServerThread
+
+    async def echo(request: Request) -> JSONResponse:
+        response = JSONResponse({"cookie": request.headers.get("cookie")})
+        response.set_cookie("session", "secret-of-the-first-caller")
+        return response
+
+    with ServerThread(Starlette(routes=[Route("/", echo)])) as server:
+
+        async def twice() -> list[str | None]:
+            async with make_http_client(Settings(secret_keys=("x",))) as client:
+                return [(await client.get(server.url + "/")).json()["cookie"] for _ in range(2)]
+
+        assert asyncio.run(twice()) == [None, None]
