@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from typing import Any
 
@@ -33,6 +34,18 @@ def api_key(services: Services, request: Request) -> ApiKey:
     # Lets the rate-limit middleware report this key's usage on any /v1 answer.
     request.scope.setdefault("state", {})["api_key"] = key
     return key
+
+
+def query_time(request: Request, name: str) -> dt.datetime | None:
+    """An ISO 8601 date or time from the query string ('Z' or an offset; UTC when it has none)."""
+    value = request.query_params.get(name)
+    if value is None:
+        return None
+    try:
+        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise BadRequest(f"'{name}' must be an ISO 8601 date or time, e.g. 2026-01-31T12:00:00Z.") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
 
 
 async def json_object(request: Request) -> dict[str, Any]:

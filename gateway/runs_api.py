@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
-
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -11,7 +9,7 @@ from starlette.routing import Route
 from . import callbacks, runs
 from .errors import BadRequest, NotFound
 from .models import ApiKey, Run
-from .requests import api_key
+from .requests import api_key, query_time
 from .services import Services
 from .worker import describe
 
@@ -28,16 +26,6 @@ def _visible(key: ApiKey, run: Run | None) -> Run | None:
         return None
     return run
 
-
-def _time(request: Request, name: str) -> dt.datetime | None:
-    value = request.query_params.get(name)
-    if value is None:
-        return None
-    try:
-        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise BadRequest(f"'{name}' must be an ISO 8601 time, e.g. 2026-01-31T12:00:00Z.") from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
 
 
 async def list_runs(request: Request) -> Response:
@@ -63,8 +51,8 @@ async def list_runs(request: Request) -> Response:
             endpoint=q.get("endpoint"),
             queue=q.get("queue"),
             statuses=statuses or None,
-            since=_time(request, "from"),
-            until=_time(request, "to"),
+            since=query_time(request, "from"),
+            until=query_time(request, "to"),
             before_id=q.get("cursor"),
             limit=limit + 1,
         ),

@@ -13,7 +13,7 @@ from starlette.routing import Route
 from . import waitpoints
 from .errors import BadRequest, NotFound, Unauthorized
 from .models import Waitpoint, utcnow
-from .requests import MAX_BODY_BYTES, api_key, bearer, json_object
+from .requests import MAX_BODY_BYTES, api_key, bearer, json_object, query_time
 from .services import Services
 
 CREATE_FIELDS = {"timeout", "idempotencyKey", "idempotencyKeyTTL", "tags"}
@@ -232,16 +232,6 @@ async def show(request: Request) -> Response:
     return JSONResponse(describe(found))
 
 
-def _date(request: Request, name: str) -> dt.datetime | None:
-    value = request.query_params.get(name)
-    if value is None:
-        return None
-    try:
-        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise BadRequest(f"'{name}' must be an ISO 8601 date or time.") from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
-
 
 async def list_waitpoints(request: Request) -> Response:
     services = _services(request)
@@ -253,7 +243,7 @@ async def list_waitpoints(request: Request) -> Response:
     period = q.get("period")
     if period is not None and period not in PERIODS:
         raise BadRequest(f"'period' must be one of {', '.join(PERIODS)}.")
-    since = utcnow() - PERIODS[period] if period else _date(request, "from")
+    since = utcnow() - PERIODS[period] if period else query_time(request, "from")
     try:
         limit = int(q.get("limit", "20"))
     except ValueError:
@@ -269,7 +259,7 @@ async def list_waitpoints(request: Request) -> Response:
             idempotency_key=q.get("idempotencyKey"),
             tags=tags,
             since=since,
-            until=_date(request, "to"),
+            until=query_time(request, "to"),
             before_id=q.get("cursor"),
             limit=limit + 1,
         ),
