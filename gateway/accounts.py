@@ -132,8 +132,7 @@ async def change_password(request: Request, user: User, form: FormData) -> Respo
     if await run_in_threadpool(users.authenticate, services.engine, user.email, current) is None:
         return again("The current password is not right.", 400)
     sessions.succeeded(services.engine, user.email, ip)
-    # users.py keeps the hasher's parameters; hashing here with it keeps one policy.
-    password_hash = await run_in_threadpool(users._hasher.hash, new)
+    password_hash = await run_in_threadpool(users.hash_password, new)
     updated = sessions.set_password_hash(services.engine, user.id or 0, password_hash)
     response = redirect("/dashboard/account?done=password")
     sign_in(request, response, updated)

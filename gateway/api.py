@@ -175,7 +175,8 @@ async def start_connection(request: Request) -> Response:
         raise NotFound(f"There is no integration named '{name}'.")
     if not keys.allows(key, name):
         raise ScopeNotAllowed(
-            f"This API key may not use {integration.display_name}.", action_url=links.api_key(services.settings, key.id or 0)
+            f"This API key may not use {integration.display_name}.",
+            action_url=links.api_key(services.settings, key.id or 0),
         )
     plan = services.plans.for_user(services.engine, key.user_id)
     limits.ensure_can_connect(services.engine, services.settings, plan, key.user_id, name)

@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from . import approvals, key_pages, runs
+from . import approvals, keys, runs
 from .models import Run, User, utcnow
 from .web import action, page, redirect, render, services_of
 
@@ -61,7 +61,7 @@ async def approval_page(request: Request, user: User) -> Response:
         "waiting": waiting(run),
         "params_text": params_text,
         "endpoint": services.registry.endpoint(run.integration, run.endpoint),
-        "key": key_pages.key_for(services.engine, user.id or 0, run.api_key_id) if run.api_key_id else None,
+        "key": keys.get_for_user(services.engine, user.id or 0, run.api_key_id) if run.api_key_id else None,
     }
     return render(request, "approval.html", context)
 

@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from . import history, key_pages, runs
+from . import history, keys, runs
 from .models import User
 from .runs import STATUSES
 from .web import action, page, redirect, render, services_of
@@ -51,7 +51,7 @@ async def calls_page(request: Request, user: User) -> Response:
         "filters": filters,
         "statuses": STATUSES,
         "integrations": list(services.registry),
-        "keys": {k.id: k for k in key_pages.keys_for(services.engine, user.id or 0)},
+        "keys": {k.id: k for k in keys.for_user(services.engine, user.id or 0)},
         "older": f"?{_query(filters, before=next_cursor)}" if next_cursor else None,
         "newest": f"?{_query(filters)}" if before else None,
     }
@@ -64,7 +64,7 @@ async def call_page(request: Request, user: User) -> Response:
     run = history.get(services.engine, user.id or 0, request.path_params["run_id"][:40])
     if run is None:
         raise HTTPException(404, "There is no call with that id in your account.")
-    key = key_pages.key_for(services.engine, user.id or 0, run.api_key_id) if run.api_key_id else None
+    key = keys.get_for_user(services.engine, user.id or 0, run.api_key_id) if run.api_key_id else None
     integration = services.registry.get(run.integration)
     context = {"run": run, "key": key, "integration": integration, "done": request.query_params.get("done")}
     return render(request, "call.html", context)

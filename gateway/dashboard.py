@@ -17,7 +17,18 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from . import accounts, approval_pages, call_pages, connections, history, key_pages, limits, oauth, waitpoint_pages
+from . import (
+    accounts,
+    approval_pages,
+    call_pages,
+    connections,
+    history,
+    key_pages,
+    keys,
+    limits,
+    oauth,
+    waitpoint_pages,
+)
 from .errors import PlanLimitReached
 from .models import Connection, User
 from .specs import ApiKeyAuth, Integration
@@ -187,16 +198,16 @@ async def usage_page(request: Request, user: User) -> Response:
     runs_by_key = history.calls_today_by_key(services.engine, user_id)
     # limits.py counts what the limits enforce (calls the gateway turned away are refunded);
     # the run counts are everything that was asked.
-    keys = [
-        (k, runs_by_key.get(k.id or 0, 0), limits.used_today(services.engine, f"key:{k.id}"))
-        for k in key_pages.active_keys(services.engine, user_id)
+    key_rows = [
+        (k, runs_by_key.get(k.id or 0, 0), limits.used_today(services.engine, limits.key_subject(k.id)))
+        for k in keys.active_for_user(services.engine, user_id)
     ]
     context = {
         "calls_today": history.calls_today(services.engine, user_id),
         "connections": history.connections_count(services.engine, user_id),
-        "keys": keys,
+        "keys": key_rows,
         "plan": services.plans.get(user.plan),
-        "plan_calls": limits.used_today(services.engine, f"user:{user_id}"),
+        "plan_calls": limits.used_today(services.engine, limits.user_subject(user_id)),
         "day_started": history.utc_midnight(),
         "resets": limits.next_reset(),
     }

@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 
+from . import runs
 from .models import Connection, Run, utcnow
 
 PAGE_SIZE = 50
@@ -44,21 +45,21 @@ def page(
     engine: Engine, user_id: int, filters: Filters, before: str | None = None, limit: int = PAGE_SIZE
 ) -> tuple[list[Run], str | None]:
     """Newest first; returns the runs and the cursor for the next (older) page, if any."""
-    statement = select(*SHOWN).where(Run.user_id == user_id)
-    if filters.integration:
-        statement = statement.where(Run.integration == filters.integration)
-    if filters.endpoint:
-        statement = statement.where(Run.endpoint == filters.endpoint)
-    if filters.status:
-        statement = statement.where(Run.status == filters.status)
-    if filters.key_id is not None:
-        statement = statement.where(Run.api_key_id == filters.key_id)
-    if before:
-        # Ids are time-ordered, so the id is the cursor.
-        statement = statement.where(Run.id < before)
-    with engine.connect() as c:
-        rows = c.execute(statement.order_by(Run.id.desc()).limit(limit + 1)).all()
-    found = [Run(**r._mapping) for r in rows[:limit]]
+    # Ids are time-ordered, so the id is the cursor.
+    rows = runs.search(
+        engine,
+        runs.RunFilter(
+            user_id=user_id,
+            integration=filters.integration,
+            endpoint=filters.endpoint,
+            statuses=[filters.status] if filters.status else None,
+            api_key_id=filters.key_id,
+            before_id=before,
+            limit=limit + 1,
+        ),
+        columns=SHOWN,
+    )
+    found = rows[:limit]
     return found, (found[-1].id if len(rows) > limit else None)
 
 

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
-from sqlalchemy import select, update
-from sqlalchemy.engine import Engine
 from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -18,30 +15,6 @@ from .models import ApiKey, User
 from .web import action, field, page, redirect, render, services_of
 
 MAX_DAILY_LIMIT = 1_000_000_000
-
-
-def keys_for(engine: Engine, user_id: int) -> list[ApiKey]:
-    with engine.connect() as c:
-        rows = c.execute(select(ApiKey.__table__).where(ApiKey.user_id == user_id).order_by(ApiKey.id.desc())).all()
-    return [ApiKey(**r._mapping) for r in rows]
-
-
-def active_keys(engine: Engine, user_id: int) -> list[ApiKey]:
-    return [k for k in keys_for(engine, user_id) if k.revoked_at is None]
-
-
-def key_for(engine: Engine, user_id: int, key_id: int) -> ApiKey | None:
-    with engine.connect() as c:
-        row = c.execute(select(ApiKey.__table__).where(ApiKey.id == key_id, ApiKey.user_id == user_id)).first()
-    return ApiKey(**row._mapping) if row else None
-
-
-def _update(engine: Engine, user_id: int, key_id: int, **values: Any) -> bool:
-    with engine.begin() as c:
-        statement = update(ApiKey).where(ApiKey.id == key_id, ApiKey.user_id == user_id, ApiKey.revoked_at.is_(None))
-        changed = c.execute(statement.values(**values)).rowcount == 1
-    keys.forget(engine, key_id)  # a revoked or narrowed key must not live on in this process's cache
-    return changed
 
 
 class FormProblem(ValueError):
@@ -80,7 +53,7 @@ def _choices(request: Request, form: FormData) -> Choices:
 
 def _list(request: Request, user: User, *, error: str | None = None, status: int = 200) -> Response:
     services = services_of(request)
-    every = keys_for(services.engine, user.id or 0)
+    every = keys.for_user(services.engine, user.id or 0)
     context = {
         "active": [k for k in every if k.revoked_at is None],
         "revoked": [k for k in every if k.revoked_at is not None],
@@ -119,7 +92,7 @@ async def create_key(request: Request, user: User, form: FormData) -> Response:
 def _key(request: Request, user: User) -> ApiKey:
     raw = request.path_params["key_id"]
     key = (
-        key_for(services_of(request).engine, user.id or 0, int(raw))
+        keys.get_for_user(services_of(request).engine, user.id or 0, int(raw))
         if raw.isascii() and raw.isdigit() and len(raw) < 12
         else None
     )
@@ -154,7 +127,7 @@ async def update_key(request: Request, user: User, form: FormData) -> Response:
         chosen = _choices(request, form)
     except FormProblem as exc:
         return _detail(request, user, key, error=str(exc), status=400)
-    _update(services_of(request).engine, user.id or 0, key.id or 0, **dataclasses.asdict(chosen))
+    keys.update(services_of(request).engine, user.id or 0, key.id or 0, **dataclasses.asdict(chosen))
     return redirect(f"/dashboard/keys/{key.id}?done=saved")
 
 

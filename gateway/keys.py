@@ -7,7 +7,8 @@ import hmac
 import secrets
 import time
 
-from sqlalchemy import select, update
+from sqlalchemy import select
+from sqlalchemy import update as sa_update
 from sqlalchemy.engine import Engine
 
 from .db import session
@@ -85,6 +86,34 @@ def forget(engine: Engine, key_id: int | None = None) -> None:
     _cache.drop_where(lambda k, v: k[0] == id(engine) and (key_id is None or v.id == key_id))
 
 
+def for_user(engine: Engine, user_id: int) -> list[ApiKey]:
+    """A person's keys, newest first, revoked ones included."""
+    with engine.connect() as connection:
+        rows = connection.execute(
+            select(ApiKey.__table__).where(ApiKey.user_id == user_id).order_by(ApiKey.id.desc())
+        ).all()
+    return [ApiKey(**r._mapping) for r in rows]
+
+
+def active_for_user(engine: Engine, user_id: int) -> list[ApiKey]:
+    return [k for k in for_user(engine, user_id) if k.revoked_at is None]
+
+
+def get_for_user(engine: Engine, user_id: int, key_id: int) -> ApiKey | None:
+    with engine.connect() as connection:
+        row = connection.execute(select(ApiKey.__table__).where(ApiKey.id == key_id, ApiKey.user_id == user_id)).first()
+    return ApiKey(**row._mapping) if row else None
+
+
+def update(engine: Engine, user_id: int, key_id: int, **values: object) -> bool:
+    """Changes an active key of this person's (name, integrations, daily limit, approval)."""
+    with engine.begin() as connection:
+        statement = sa_update(ApiKey).where(ApiKey.id == key_id, ApiKey.user_id == user_id, ApiKey.revoked_at.is_(None))
+        changed = connection.execute(statement.values(**values)).rowcount == 1
+    forget(engine, key_id)  # a narrowed key must not live on in this process's cache
+    return changed
+
+
 def by_id(engine: Engine, key_id: int) -> ApiKey | None:
     with engine.connect() as connection:
         row = connection.execute(select(ApiKey.__table__).where(ApiKey.id == key_id)).first()
@@ -103,7 +132,7 @@ def touch(engine: Engine, key_id: int) -> None:
         return
     _touched[slot] = now
     with engine.begin() as connection:
-        connection.execute(update(ApiKey).where(ApiKey.id == key_id).values(last_used_at=utcnow()))
+        connection.execute(sa_update(ApiKey).where(ApiKey.id == key_id).values(last_used_at=utcnow()))
 
 
 def allows(key: ApiKey, integration: str) -> bool:
@@ -111,7 +140,7 @@ def allows(key: ApiKey, integration: str) -> bool:
 
 
 def revoke(engine: Engine, key_id: int, user_id: int | None = None) -> bool:
-    statement = update(ApiKey).where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
+    statement = sa_update(ApiKey).where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
     if user_id is not None:
         statement = statement.where(ApiKey.user_id == user_id)
     with engine.begin() as connection:

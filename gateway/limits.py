@@ -59,12 +59,20 @@ def next_reset() -> dt.datetime:
     return dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC)
 
 
+def user_subject(user_id: int) -> str:
+    return f"user:{user_id}"
+
+
+def key_subject(key_id: int | None) -> str:
+    return f"key:{key_id}"
+
+
 def _subjects(key: ApiKey, plan: Plan) -> list[tuple[str, int | None]]:
     # A person's calls are always counted (the usage page shows them); a key's only when it has a
     # limit of its own, which saves a write on every call of most keys.
-    subjects: list[tuple[str, int | None]] = [(f"user:{key.user_id}", plan.daily_calls)]
+    subjects: list[tuple[str, int | None]] = [(user_subject(key.user_id), plan.daily_calls)]
     if key.daily_limit is not None:
-        subjects.append((f"key:{key.id}", key.daily_limit))
+        subjects.append((key_subject(key.id), key.daily_limit))
     return subjects
 
 
@@ -112,7 +120,7 @@ def reserve(engine: Engine, settings: Settings, key: ApiKey, plan: Plan) -> Usag
 def refund(engine: Engine, key: ApiKey) -> None:
     day = today()
     with engine.begin() as c:
-        for subject in (f"user:{key.user_id}", f"key:{key.id}"):
+        for subject in (user_subject(key.user_id), key_subject(key.id)):
             c.execute(
                 update(DailyUsage)
                 .where(DailyUsage.subject == subject, DailyUsage.day == day, DailyUsage.count > 0)

@@ -21,7 +21,9 @@ class _QueueDepth(Collector):
         self.read = read
 
     def collect(self) -> Iterable[Metric]:
-        gauge = GaugeMetricFamily("gateway_queue_depth", "Queued calls by status (pending, running).", labels=["status"])
+        gauge = GaugeMetricFamily(
+            "gateway_queue_depth", "Queued calls by status (pending, running).", labels=["status"]
+        )
         try:
             depth = self.read()
         except Exception:

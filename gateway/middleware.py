@@ -26,8 +26,10 @@ class RateLimitHeadersMiddleware:
                 key = state.get("api_key")
                 headers = message.setdefault("headers", [])
                 # A call already reported its usage (or had no limit to report): no second read.
-                if key is not None and not state.get("usage_reported") and not any(
-                    name == RATE_LIMIT_HEADER for name, _ in headers
+                if (
+                    key is not None
+                    and not state.get("usage_reported")
+                    and not any(name == RATE_LIMIT_HEADER for name, _ in headers)
                 ):
                     services = scope["app"].state.services
                     try:

@@ -31,7 +31,9 @@ async def readyz(request: Request) -> Response:
         checks["database"] = f"unreachable ({type(exc).__name__})"
         checks["migrations"] = "unknown"
     ready = all(v == "ok" for v in checks.values())
-    return JSONResponse({"status": "ready" if ready else "unavailable", "checks": checks}, status_code=200 if ready else 503)
+    return JSONResponse(
+        {"status": "ready" if ready else "unavailable", "checks": checks}, status_code=200 if ready else 503
+    )
 
 
 async def metrics(request: Request) -> Response:

@@ -63,7 +63,9 @@ class RunRecord:
 
     def values(self) -> dict[str, Any]:
         values = {
-            f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("stored", "keep_result", "from_queue")
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.name not in ("stored", "keep_result", "from_queue")
         }
         values["integration"] = self.integration[:100]
         values["endpoint"] = self.endpoint[:100]
@@ -346,8 +348,9 @@ class RunFilter:
     limit: int = 50
 
 
-def search(engine: Engine, f: RunFilter) -> list[Run]:
-    statement = select(Run.__table__).where(Run.user_id == f.user_id)
+def search(engine: Engine, f: RunFilter, columns: list[Any] | None = None) -> list[Run]:
+    """Newest first. `columns` narrows what is read (the dashboard never reads payloads)."""
+    statement = select(*(columns or Run.__table__.columns)).where(Run.user_id == f.user_id)
     if f.integrations is not None:
         statement = statement.where(Run.integration.in_(f.integrations))
     if f.integration:

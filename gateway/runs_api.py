@@ -27,7 +27,6 @@ def _visible(key: ApiKey, run: Run | None) -> Run | None:
     return run
 
 
-
 async def list_runs(request: Request) -> Response:
     services = _services(request)
     key = api_key(services, request)

@@ -105,6 +105,7 @@ class Services:
 
     def __post_init__(self) -> None:
         self.run_writer = runs.RunWriter(self.engine)
+
     # Wakes this process's queue worker when a call is queued here (set by the worker).
     notify_queue: Callable[[], None] = lambda: None
     # Awaited with (services, run) when a queued or held run ends: waitpoints, metrics.

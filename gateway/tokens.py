@@ -52,7 +52,6 @@ class TokenStore:
         self.box = box
         self.owner = f"{os.getpid()}-{os.urandom(4).hex()}"
         self._locks: dict[int, asyncio.Lock] = {}
-        self.refreshes = 0
         self.on_refresh: Callable[[str, str], None] = lambda integration, result: None
 
     def access_token(self, connection: Connection) -> str:
@@ -134,7 +133,6 @@ class TokenStore:
             )
         overrides = self.settings.overrides(integration.name)
         token_url = overrides.token_url or auth.token_url
-        self.refreshes += 1
         try:
             token = await self._request_refresh(
                 auth, overrides.client_id, overrides.client_secret, token_url, refresh_token

@@ -51,7 +51,6 @@ class UpstreamResponse:
     status: int
     data: Any
     headers: dict[str, str]
-    elapsed_ms: float
 
 
 def validate_params(endpoint: CompiledEndpoint, params: Any) -> dict[str, Any]:
@@ -244,7 +243,6 @@ async def send(client: httpx.AsyncClient, request: UpstreamRequest, max_bytes: i
         status=response.status_code,
         data=decode_body(content, response.headers.get("content-type", "")),
         headers=passed_headers(response.headers),
-        elapsed_ms=response.elapsed.total_seconds() * 1000 if hasattr(response, "_elapsed") else 0.0,
     )
 
 

@@ -35,6 +35,10 @@ def validate(email: str, password: str) -> str:
     return email
 
 
+def hash_password(password: str) -> str:
+    return _hasher.hash(password)
+
+
 def create(engine: Engine, email: str, password: str, plan: str = "free") -> User:
     email = validate(email, password)
     user = User(email=email, password_hash=_hasher.hash(password), plan=plan)

@@ -232,7 +232,6 @@ async def show(request: Request) -> Response:
     return JSONResponse(describe(found))
 
 
-
 async def list_waitpoints(request: Request) -> Response:
     services = _services(request)
     key = api_key(services, request)

@@ -84,6 +84,7 @@ class Worker:
         self.lease = dt.timedelta(seconds=services.settings.worker_lease_seconds)
         self.id = f"w-{os.getpid()}-{os.urandom(3).hex()}"
         self._wake = asyncio.Event()
+        self._stop = asyncio.Event()
         self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[Any]] = set()
@@ -99,6 +100,7 @@ class Worker:
     async def stop(self, grace: float = 10.0) -> None:
         """Lets calls in flight finish for `grace` seconds; the rest keep their lease and are recovered."""
         self._stopping = True
+        self._stop.set()
         self._wake.set()
         _, pending = await asyncio.wait(self._tasks, timeout=grace) if self._tasks else (set(), set())
         for task in pending:
@@ -201,11 +203,7 @@ class Worker:
             except Exception:
                 logger.exception("queue housekeeping failed; retrying")
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopped(), HOUSEKEEPING_EVERY)
-
-    async def _stopped(self) -> None:
-        while not self._stopping:
-            await asyncio.sleep(0.2)
+                await asyncio.wait_for(self._stop.wait(), HOUSEKEEPING_EVERY)
 
     def housekeep(self) -> None:
         services = self.services
