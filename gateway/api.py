@@ -101,8 +101,8 @@ async def _submit(
     record.user_id, record.api_key_id = key.user_id, key.id
     record.integration, record.endpoint = integration, endpoint_name
     record.queue_name = options["queue"] or record.id
-    usage = limits.reserve(
-        services.engine, services.settings, key, services.plans.for_user(services.engine, key.user_id)
+    usage = await limits.reserve(
+        services.batcher, services.settings, key, services.plans.for_user(services.engine, key.user_id)
     )
     queued = dict(
         expires_at=utcnow() + timedelta(seconds=options["expires"]) if options["expires"] else None,
@@ -116,7 +116,7 @@ async def _submit(
     try:
         runs.create_pending(services.engine, services.box, record=record, params=params, **queued)
     except Exception:
-        limits.refund(services.engine, key)
+        limits.refund(services.batcher, key)
         raise
     services.notify_queue()
     run = runs.get(services.engine, record.id, key.user_id)
@@ -225,5 +225,7 @@ routes = [
     Route("/v1/integrations/{name}/connect", start_connection, methods=["POST"]),
     Route("/v1/{integration}", show_integration, methods=["GET"]),
     Route("/v1/{integration}/{endpoint}", show_endpoint, methods=["GET"]),
-    Route("/v1/{integration}/{endpoint}", call_endpoint, methods=["POST"]),
 ]
+# The hot route, matched before every other: Starlette tries routes in order (~0.5 µs each).
+# No other route takes a POST to /v1/<a>/<b>, so putting it first changes no answer.
+call_route = Route("/v1/{integration}/{endpoint}", call_endpoint, methods=["POST"])

@@ -7,7 +7,6 @@ import contextlib
 import gc
 import logging
 import re
-import secrets
 from collections.abc import AsyncIterator
 
 from sqlalchemy.exc import DBAPIError
@@ -23,7 +22,8 @@ from . import api, dashboard, db, mcp, ops, runs_api, specs, tools, waitpoints_a
 from .errors import GatewayError, InternalError, MethodNotAllowed, NotFound, ServiceUnavailable
 from .logs import request_id_var
 from .middleware import RateLimitHeadersMiddleware
-from .services import Services, make_http_client
+from .models import random_hex
+from .services import Services, clients
 from .settings import Settings
 from .worker import Worker, sweeper
 
@@ -43,7 +43,7 @@ class RequestIdMiddleware:
             await self.app(scope, receive, send)
             return
         given = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"x-request-id"), "")
-        request_id = given if REQUEST_ID.match(given) else "req_" + secrets.token_hex(8)
+        request_id = given if REQUEST_ID.match(given) else "req_" + random_hex(8)
         scope.setdefault("state", {})["request_id"] = request_id
         token = request_id_var.set(request_id)
 
@@ -112,8 +112,8 @@ def create_app(settings: Settings, registry: specs.Registry | None = None) -> St
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         if settings.migrate_on_start:
             db.upgrade(engine)
-        async with make_http_client(settings) as http:
-            services = Services.build(settings, engine, registry, http)
+        async with clients(settings) as (http, upstream):
+            services = Services.build(settings, engine, registry, http, upstream)
             app.state.services = services
             worker = None
             # Without a worker here, something must still time out waitpoints and approvals on time.
@@ -134,11 +134,13 @@ def create_app(settings: Settings, registry: specs.Registry | None = None) -> St
                     await worker.stop()
                 if sweeping is not None:
                     sweeping.cancel()
+                services.batcher.close()
         engine.dispose()
 
     app = Starlette(
         # /v1/tools before api.routes, whose /v1/{integration} would take it.
         routes=[
+            api.call_route,
             *tools.routes,
             *mcp_endpoint.routes,
             *ops.routes,

@@ -18,7 +18,7 @@ from sqlalchemy.engine import Engine
 from . import links, runs, waitpoints
 from .crypto import Box
 from .errors import ApprovalDenied
-from .models import ApiKey, Run, utcnow
+from .models import ApiKey, Run, is_active, utcnow
 from .runs import RunRecord
 from .services import Services
 from .specs import CompiledEndpoint
@@ -161,7 +161,12 @@ def expire_due(services: Services) -> list[Run]:
     return _deny(
         services.engine,
         services.box,
-        [Run.approval == "pending", Run.status == "pending", Run.approval_expires_at <= utcnow()],
+        [
+            Run.approval == "pending",
+            Run.status == "pending",
+            is_active(Run.status),
+            Run.approval_expires_at <= utcnow(),
+        ],
         "expired",
         "Nobody approved this call before its approval expired.",
     )

@@ -62,7 +62,7 @@ def cmd_worker(args: argparse.Namespace, settings: settings_module.Settings) -> 
     import asyncio
     import signal
 
-    from .services import Services, make_http_client
+    from .services import Services, clients
     from .worker import Worker
 
     logs.configure(settings.log_level, settings.log_json)
@@ -70,8 +70,8 @@ def cmd_worker(args: argparse.Namespace, settings: settings_module.Settings) -> 
     async def run() -> None:
         engine = _engine(settings)
         registry = specs.registry_for(settings)
-        async with make_http_client(settings) as http:
-            services = Services.build(settings, engine, registry, http)
+        async with clients(settings) as (http, upstream):
+            services = Services.build(settings, engine, registry, http, upstream)
             worker = Worker(services, args.concurrency or settings.worker_concurrency)
             await worker.start()
             stop = asyncio.Event()
@@ -80,6 +80,7 @@ def cmd_worker(args: argparse.Namespace, settings: settings_module.Settings) -> 
                 loop.add_signal_handler(sig, stop.set)
             await stop.wait()
             await worker.stop()
+            services.batcher.close()
         engine.dispose()
 
     asyncio.run(run())

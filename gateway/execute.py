@@ -97,12 +97,12 @@ async def _send(
         auth_query=auth_query,
         connection_extra=connection.extra,
     )
-    if request.url.scheme != "https" and not services.settings.allow_http_upstreams:
+    if request.origin.scheme != "https" and not services.settings.allow_http_upstreams:
         raise BadRequest("The integration's base URL is not https; set GATEWAY_ALLOW_HTTP_UPSTREAMS to allow it.")
     record.attempts += 1
     started = time.perf_counter()
     try:
-        return await upstream.send(services.http, request, services.settings.upstream_max_response_bytes)
+        return await upstream.send(services.upstream, request, services.settings.upstream_max_response_bytes)
     finally:
         services.metrics.upstream_latency.labels(endpoint.integration.name).observe(time.perf_counter() - started)
 
@@ -179,8 +179,8 @@ async def execute(
         validated = upstream.validate_params(endpoint, params)
         if not record.from_queue:
             # Queued calls were counted when they were accepted.
-            usage = limits.reserve(
-                services.engine, services.settings, key, services.plans.for_user(services.engine, key.user_id)
+            usage = await limits.reserve(
+                services.batcher, services.settings, key, services.plans.for_user(services.engine, key.user_id)
             )
             if approvals.needed(key, endpoint):
                 held = approvals.hold(services, key, endpoint, validated, record)
@@ -190,7 +190,7 @@ async def execute(
         if usage is not None:
             if record.attempts == 0:
                 # The gateway turned the call away before the upstream saw it: it does not count.
-                limits.refund(services.engine, key)
+                limits.refund(services.batcher, key)
                 usage.remaining = None if usage.remaining is None else usage.remaining + 1
             for name, value in usage.headers().items():
                 exc.headers.setdefault(name, value)
@@ -237,5 +237,5 @@ def _count(services: Services, record: RunRecord, outcome: str) -> None:
 
 async def _save(services: Services, key: ApiKey, record: RunRecord, body: dict[str, Any]) -> None:
     _count(services, record, record.error_code or "ok")
-    await runs.save_async(services.run_writer, services.box, record, body)
+    await runs.save_async(services.batcher, services.box, record, body)
     keys.touch(services.engine, key.id or 0)

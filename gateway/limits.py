@@ -3,7 +3,8 @@
 Counting is one conditional UPDATE per subject inside one transaction
 (`count = count + 1 WHERE count < limit`), so N concurrent calls against a
 limit of L let exactly L through, on SQLite and on PostgreSQL with any number
-of processes.
+of processes. The statements ride in the process's group commit (batch.py):
+a call waits for its count to be committed before it goes upstream.
 
 What counts: a direct call once the gateway has validated it and is about to
 call the upstream; a queued or held call when it is accepted, not again when
@@ -16,22 +17,15 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 
-from sqlalchemy import func, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import Connection as DbConnection
+from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 
 from . import links
+from .batch import Batcher
 from .errors import DailyLimitReached, PlanLimitReached
 from .models import ApiKey, Connection, DailyUsage, utcnow
 from .plans import Plan
 from .settings import Settings
-
-
-class _Refused(Exception):
-    def __init__(self, subject: str, limit: int) -> None:
-        self.subject, self.limit = subject, limit
 
 
 @dataclasses.dataclass
@@ -76,56 +70,32 @@ def _subjects(key: ApiKey, plan: Plan) -> list[tuple[str, int | None]]:
     return subjects
 
 
-def _increment(c: DbConnection, subject: str, day: dt.date, limit: int | None) -> int | None:
-    """Adds one call; returns the new count, or None when the limit is already reached."""
-    statement = update(DailyUsage).where(DailyUsage.subject == subject, DailyUsage.day == day)
-    if limit is not None:
-        statement = statement.where(DailyUsage.count < limit)
-    new = c.execute(statement.values(count=DailyUsage.count + 1).returning(DailyUsage.count)).scalar_one_or_none()
-    if new is not None:
-        return new
-    insert = pg_insert if c.dialect.name == "postgresql" else sqlite_insert
-    c.execute(insert(DailyUsage).values(subject=subject, day=day, count=0).on_conflict_do_nothing())
-    return c.execute(statement.values(count=DailyUsage.count + 1).returning(DailyUsage.count)).scalar_one_or_none()
-
-
-def reserve(engine: Engine, settings: Settings, key: ApiKey, plan: Plan) -> Usage:
+async def reserve(batcher: Batcher, settings: Settings, key: ApiKey, plan: Plan) -> Usage:
     """Counts one call against the person's and the key's limits, or raises daily_limit_reached."""
-    day = today()
-    remaining: list[tuple[int, int]] = []
-    try:
-        with engine.begin() as c:
-            for subject, limit in _subjects(key, plan):
-                count = _increment(c, subject, day, limit)
-                if count is None:
-                    raise _Refused(subject, limit or 0)
-                if limit is not None:
-                    remaining.append((limit, limit - count))
-    except _Refused as refused:
+    subjects = _subjects(key, plan)
+    counted = await batcher.count(subjects, today())
+    if isinstance(counted, int):
+        subject, limit = subjects[counted]
         reset = next_reset()
-        who = "This account's plan" if refused.subject.startswith("user:") else "This API key"
+        who = "This account's plan" if subject.startswith("user:") else "This API key"
         raise DailyLimitReached(
-            f"{who} allows {refused.limit} calls per UTC day, all used; the count resets at {reset.isoformat()}.",
+            f"{who} allows {limit} calls per UTC day, all used; the count resets at {reset.isoformat()}.",
             action_url=links.usage(settings),
             headers={
                 "Retry-After": str(max(int((reset - utcnow()).total_seconds()), 1)),
-                "X-RateLimit-Limit": str(refused.limit),
+                "X-RateLimit-Limit": str(limit),
                 "X-RateLimit-Remaining": "0",
                 "X-RateLimit-Reset": str(int(reset.timestamp())),
             },
-        ) from None
-    return _tightest(remaining)
+        )
+    return _tightest(
+        [(limit, limit - count) for (_, limit), count in zip(subjects, counted, strict=True) if limit is not None]
+    )
 
 
-def refund(engine: Engine, key: ApiKey) -> None:
-    day = today()
-    with engine.begin() as c:
-        for subject in (user_subject(key.user_id), key_subject(key.id)):
-            c.execute(
-                update(DailyUsage)
-                .where(DailyUsage.subject == subject, DailyUsage.day == day, DailyUsage.count > 0)
-                .values(count=DailyUsage.count - 1)
-            )
+def refund(batcher: Batcher, key: ApiKey) -> None:
+    """Gives a counted call back (the gateway turned it away); written with the next batch."""
+    batcher.refund([user_subject(key.user_id), key_subject(key.id)], today())
 
 
 def current(engine: Engine, key: ApiKey, plan: Plan) -> Usage:

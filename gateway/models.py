@@ -8,7 +8,7 @@ import threading
 import time
 from typing import Any
 
-from sqlalchemy import JSON, Column, Index, UniqueConstraint
+from sqlalchemy import JSON, Column, Index, UniqueConstraint, literal_column, text
 from sqlmodel import Field, SQLModel
 
 
@@ -18,6 +18,25 @@ def utcnow() -> dt.datetime:
 
 _last_id = [0, 0]
 _id_lock = threading.Lock()
+# OS randomness read 4 KiB at a time: one getrandom() call per ~500 ids instead of one each
+# (measured ~7 µs per call under load). A forked child must never reuse its parent's bytes.
+_entropy = bytearray()
+os.register_at_fork(after_in_child=_entropy.clear)
+
+
+def _random_bytes(size: int) -> bytes:
+    # The caller holds _id_lock.
+    if len(_entropy) < size:
+        _entropy[:] = os.urandom(4096)
+    chunk = bytes(_entropy[-size:])
+    del _entropy[-size:]
+    return chunk
+
+
+def random_hex(size: int) -> str:
+    """`size` random bytes as hex, for identifiers that must not be guessable."""
+    with _id_lock:
+        return _random_bytes(size).hex()
 
 
 def new_id(prefix: str) -> str:
@@ -33,7 +52,8 @@ def new_id(prefix: str) -> str:
             if seq > 0xFFFF:
                 ms, seq = ms + 1, 0
         _last_id[:] = [ms, seq]
-    return f"{prefix}_{ms:012x}{seq:04x}{os.urandom(8).hex()}"
+        tail = _random_bytes(8)
+    return f"{prefix}_{ms:012x}{seq:04x}{tail.hex()}"
 
 
 class User(SQLModel, table=True):
@@ -90,12 +110,24 @@ class Connection(SQLModel, table=True):
     connected_at: dt.datetime = Field(default_factory=utcnow)
 
 
+# A queued call that is not over. The partial indexes below hold only such rows (or rows with an
+# expiry), so a direct call's row goes into four B-trees instead of seven: ~25 µs less per row on
+# SQLite (bench). Queries meant to use them must repeat the condition as literal SQL (is_active):
+# SQLite matches a partial index only on the same terms, PostgreSQL only on constants.
+ACTIVE_CONDITION = "status IN ('pending', 'running')"
+
+
+def _partial(condition: str) -> dict[str, Any]:
+    return {"sqlite_where": text(condition), "postgresql_where": text(condition)}
+
+
 class Run(SQLModel, table=True):
     __tablename__ = "runs"
     __table_args__ = (
         Index("ix_runs_user_id_id", "user_id", "id"),
-        Index("ix_runs_queue", "user_id", "queue_name", "status", "id"),
-        Index("ix_runs_claim", "status", "lease_until"),
+        Index("ix_runs_queue", "user_id", "queue_name", "status", "id", **_partial(ACTIVE_CONDITION)),
+        Index("ix_runs_active", "status", "id", **_partial(ACTIVE_CONDITION)),
+        Index("ix_runs_expires_at", "expires_at", **_partial("expires_at IS NOT NULL")),
         UniqueConstraint("api_key_id", "idempotency_key", name="uq_runs_idempotency"),
     )
 
@@ -105,8 +137,8 @@ class Run(SQLModel, table=True):
     integration: str = Field(max_length=100)
     endpoint: str = Field(max_length=100)
     # pending | running | completed | failed | timeout | cancelled
-    # No index of its own: (status, lease_until) and (user_id, id) serve every query, and each
-    # index is one more B-tree page written per call.
+    # No index of its own: ix_runs_active and (user_id, id) serve every query, and each index is
+    # one more B-tree page written per call.
     status: str = Field(default="running", max_length=16)
     http_status: int | None = None
     upstream_status: int | None = None
@@ -125,7 +157,7 @@ class Run(SQLModel, table=True):
     result: str | None = None
     lease_until: dt.datetime | None = None
     worker_id: str | None = Field(default=None, max_length=64)
-    expires_at: dt.datetime | None = Field(default=None, index=True)
+    expires_at: dt.datetime | None = None
     callback_url: str | None = None
     idempotency_key: str | None = Field(default=None, max_length=255)
     request_hash: str | None = Field(default=None, max_length=64)
@@ -214,3 +246,8 @@ class LoginAttempt(SQLModel, table=True):
     email: str = Field(max_length=320, index=True)
     ip: str = Field(max_length=64, index=True)
     at: dt.datetime = Field(default_factory=utcnow, index=True)
+
+
+def is_active(status: Any) -> Any:
+    """`status IN ('pending', 'running')` as literal SQL, so the partial indexes on runs apply."""
+    return status.in_([literal_column("'pending'"), literal_column("'running'")])

@@ -17,7 +17,6 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
 
-import httpx
 from authlib.common.security import generate_token
 from authlib.integrations.base_client.errors import OAuthError
 from authlib.integrations.httpx_client import AsyncOAuth2Client
@@ -269,18 +268,15 @@ async def _get_json(
 ) -> Any:
     """Best effort: a lookup that fails leaves its value out, it never fails the connect."""
     try:
-        if target.startswith(("https://", "http://")):
-            url = httpx.URL(target)
-        else:
+        if not target.startswith(("https://", "http://")):
             template = services.settings.overrides(integration.name).base_url or integration.spec.base_url
-            base = upstream.resolve_base_url(template, extra)
-            url = base.copy_with(raw_path=(base.raw_path.decode().rstrip("/") + target).encode("ascii"))
-        if url.scheme != "https" and not services.settings.allow_http_upstreams:
-            return None
+            target = upstream.resolve_base_url(template, extra).rstrip("/") + target
         headers = {**integration.spec.headers, "Authorization": f"Bearer {access_token}"}
-        request = upstream.UpstreamRequest(method=method, url=url, headers=headers, query=[])
-        response = await upstream.send(services.http, request, LOOKUP_MAX_BYTES)
-    except (GatewayError, httpx.InvalidURL, UnicodeEncodeError) as exc:
+        request = upstream.request_for_url(method, target, headers)
+        if request.origin.scheme != "https" and not services.settings.allow_http_upstreams:
+            return None
+        response = await upstream.send(services.upstream, request, LOOKUP_MAX_BYTES)
+    except (GatewayError, UnicodeEncodeError) as exc:
         logger.info("lookup %s for %s failed: %s", target, integration.name, type(exc).__name__)
         return None
     if response.status >= 400:

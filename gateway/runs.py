@@ -7,7 +7,6 @@ worker (`running`, with a lease), and finished with its result encrypted.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import datetime as dt
 import json
@@ -17,8 +16,9 @@ from sqlalchemy import and_, delete, exists, func, or_, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import aliased
 
+from .batch import Batcher
 from .crypto import Box
-from .models import Run, new_id, utcnow
+from .models import Run, is_active, new_id, utcnow
 
 TERMINAL = ("completed", "failed", "timeout", "cancelled")
 STATUSES = ("pending", "running", *TERMINAL)
@@ -62,11 +62,7 @@ class RunRecord:
         self.ended_at = utcnow()
 
     def values(self) -> dict[str, Any]:
-        values = {
-            f.name: getattr(self, f.name)
-            for f in dataclasses.fields(self)
-            if f.name not in ("stored", "keep_result", "from_queue")
-        }
+        values = {name: getattr(self, name) for name in _STORED_FIELDS}
         values["integration"] = self.integration[:100]
         values["endpoint"] = self.endpoint[:100]
         if self.ended_at is not None:
@@ -74,45 +70,9 @@ class RunRecord:
         return values
 
 
-class RunWriter:
-    """Group commit for new run rows: the inserts of requests finishing in the same event-loop
-    turn share one transaction. Each request still waits for its own row to be committed.
-
-    One commit per call was the largest single cost under load (bench.hotspots); batching makes
-    it one per turn of the loop, however many calls finish in it.
-    """
-
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-        self._pending: list[tuple[dict[str, Any], asyncio.Future[None]]] = []
-        self._scheduled = False
-        self.batches = 0
-
-    async def insert(self, values: dict[str, Any]) -> None:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[None] = loop.create_future()
-        self._pending.append((values, future))
-        if not self._scheduled:
-            self._scheduled = True
-            loop.call_soon(self._flush)
-        await future
-
-    def _flush(self) -> None:
-        batch, self._pending, self._scheduled = self._pending, [], False
-        if not batch:
-            return
-        self.batches += 1
-        try:
-            with self.engine.begin() as c:
-                c.execute(Run.__table__.insert(), [values for values, _ in batch])
-        except Exception as exc:
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
-            return
-        for _, future in batch:
-            if not future.done():
-                future.set_result(None)
+_STORED_FIELDS = tuple(
+    f.name for f in dataclasses.fields(RunRecord) if f.name not in ("stored", "keep_result", "from_queue")
+)
 
 
 def _insert_values(record: RunRecord, body: dict[str, Any] | None, box: Box) -> dict[str, Any]:
@@ -123,11 +83,13 @@ def _insert_values(record: RunRecord, body: dict[str, Any] | None, box: Box) -> 
     return values
 
 
-async def save_async(writer: RunWriter, box: Box, record: RunRecord, body: dict[str, Any] | None) -> None:
+async def save_async(batcher: Batcher, box: Box, record: RunRecord, body: dict[str, Any] | None) -> None:
+    """A direct call's row goes in with the process's group commit (batch.py); the call
+    answers once it is committed."""
     if record.stored:
-        save(writer.engine, box, record, body)
+        save(batcher.engine, box, record, body)
     else:
-        await writer.insert(_insert_values(record, body, box))
+        await batcher.insert_run(_insert_values(record, body, box))
 
 
 def save(engine: Engine, box: Box, record: RunRecord, body: dict[str, Any] | None) -> None:
@@ -216,9 +178,7 @@ def request_of(box: Box, run: Run) -> dict[str, Any]:
 
 def in_queue(engine: Engine, user_id: int, queue_name: str, up_to: str | None = None) -> int:
     """Calls ahead of and including `up_to` (or all) that are pending or running in one queue."""
-    statement = select(func.count()).where(
-        Run.user_id == user_id, Run.queue_name == queue_name, Run.status.in_(("pending", "running"))
-    )
+    statement = select(func.count()).where(Run.user_id == user_id, Run.queue_name == queue_name, is_active(Run.status))
     if up_to is not None:
         statement = statement.where(Run.id <= up_to)
     with engine.connect() as c:
@@ -227,9 +187,7 @@ def in_queue(engine: Engine, user_id: int, queue_name: str, up_to: str | None = 
 
 def queue_depth(engine: Engine) -> dict[str, int]:
     with engine.connect() as c:
-        rows = c.execute(
-            select(Run.status, func.count()).where(Run.status.in_(("pending", "running"))).group_by(Run.status)
-        ).all()
+        rows = c.execute(select(Run.status, func.count()).where(is_active(Run.status)).group_by(Run.status)).all()
     return {status: int(count) for status, count in rows}
 
 
@@ -255,11 +213,17 @@ def claim(engine: Engine, worker_id: str, lease: dt.timedelta) -> Run | None:
     blocked = exists().where(
         other.user_id == Run.user_id,
         other.queue_name == Run.queue_name,
+        is_active(other.status),
         or_(other.status == "running", and_(other.status == "pending", other.id < Run.id)),
     )
     candidate = (
         select(Run.id)
-        .where(Run.status == "pending", or_(Run.approval.is_(None), Run.approval == "approved"), ~blocked)
+        .where(
+            Run.status == "pending",
+            is_active(Run.status),
+            or_(Run.approval.is_(None), Run.approval == "approved"),
+            ~blocked,
+        )
         .order_by(Run.id)
         .limit(1)
     )
@@ -290,7 +254,9 @@ def extend_lease(engine: Engine, run_id: str, worker_id: str, lease: dt.timedelt
 
 def expired_leases(engine: Engine) -> list[Run]:
     with engine.connect() as c:
-        rows = c.execute(select(Run.__table__).where(Run.status == "running", Run.lease_until < utcnow())).all()
+        rows = c.execute(
+            select(Run.__table__).where(Run.status == "running", is_active(Run.status), Run.lease_until < utcnow())
+        ).all()
     return [Run(**r._mapping) for r in rows]
 
 

@@ -8,14 +8,17 @@ spec, and query, body and headers only carry what the spec declares.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import re
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 import httpx
 
+from . import http_client
 from .errors import BadRequest, UpstreamResponseTooLarge, UpstreamTimeout, UpstreamUnreachable
+from .http_client import Origin
 from .specs import CONNECTION_PLACEHOLDER, PLACEHOLDER, CompiledEndpoint
 
 CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -30,20 +33,39 @@ PASSED_PREFIXES = ("x-ratelimit-", "ratelimit-")
 
 @dataclasses.dataclass
 class UpstreamRequest:
+    """Where and what to send. The origin is parsed from the spec's base URL alone; params
+    only ever add encoded path segments, query pairs, headers and body fields."""
+
     method: str
-    url: httpx.URL
+    origin: Origin
+    path: str
     headers: dict[str, str]
     query: list[tuple[str, str]]
     json_body: Any = None
     form_body: dict[str, str] | None = None
 
-    def to_httpx(self, client: httpx.AsyncClient) -> httpx.Request:
-        kwargs: dict[str, Any] = {"headers": self.headers, "params": self.query}
+    @property
+    def url(self) -> httpx.URL:
+        """The URL without its query, for reading (tests, messages); sending never parses it."""
+        return httpx.URL(f"{self.origin.scheme}://{self.origin.host_header.decode()}{self.path}")
+
+    @property
+    def target(self) -> str:
+        return f"{self.path}?{urlencode(self.query)}" if self.query else self.path
+
+    def encoded(self) -> tuple[list[tuple[str, str]], bytes | None]:
+        """The headers and body bytes to send, encoded as HTTPX would encode them."""
+        headers = list(self.headers.items())
+        content: bytes | None = None
         if self.json_body is not None:
-            kwargs["json"] = self.json_body
+            content = json.dumps(self.json_body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+            media = "application/json"
         elif self.form_body is not None:
-            kwargs["data"] = self.form_body
-        return client.build_request(self.method, self.url, **kwargs)
+            content = urlencode(self.form_body, doseq=True).encode()
+            media = "application/x-www-form-urlencoded"
+        if content is not None and not any(name.lower() == "content-type" for name in self.headers):
+            headers.append(("Content-Type", media))
+        return headers, content
 
 
 @dataclasses.dataclass
@@ -123,7 +145,31 @@ def render_path(endpoint: CompiledEndpoint, params: dict[str, Any]) -> str:
     return PLACEHOLDER.sub(substitute, endpoint.spec.path)
 
 
-def resolve_base_url(template: str, connection_extra: dict[str, Any] | None) -> httpx.URL:
+@functools.lru_cache(maxsize=4096)
+def parse_base(url: str) -> tuple[Origin, str]:
+    """A base URL's origin and path, parsed once per distinct URL."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise BadRequest("The integration's base URL is not valid.") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or "@" in parts.netloc:
+        raise BadRequest("The integration's base URL must be an http(s) URL with a host and no credentials.")
+    origin = Origin(parts.scheme, parts.hostname, port or http_client.DEFAULT_PORTS[parts.scheme])
+    return origin, parts.path.rstrip("/")
+
+
+def request_for_url(method: str, url: str, headers: dict[str, str]) -> UpstreamRequest:
+    """A request to a whole URL (a spec's account or connection lookup)."""
+    origin, _ = parse_base(url)
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    return UpstreamRequest(method=method, origin=origin, path=parts.path or "/", headers=headers, query=query)
+
+
+def resolve_base_url(template: str, connection_extra: dict[str, Any] | None) -> str:
+    if "{" not in template:
+        return template
     extra = connection_extra or {}
 
     def substitute(match: re.Match[str]) -> str:
@@ -133,7 +179,10 @@ def resolve_base_url(template: str, connection_extra: dict[str, Any] | None) -> 
             raise BadRequest(f"The connection has no '{name}'; reconnect the integration.")
         if match.start() == 0:
             # A whole origin from the token response (Salesforce's instance_url).
-            origin = httpx.URL(value)
+            try:
+                origin = httpx.URL(value)
+            except httpx.InvalidURL:
+                raise BadRequest(f"The connection's '{name}' is not an https origin.") from None
             if origin.scheme != "https" or not origin.host or origin.userinfo or origin.query or origin.fragment:
                 raise BadRequest(f"The connection's '{name}' is not an https origin.")
             return f"https://{origin.netloc.decode()}{origin.path.rstrip('/')}"
@@ -141,7 +190,7 @@ def resolve_base_url(template: str, connection_extra: dict[str, Any] | None) -> 
             raise BadRequest(f"The connection's '{name}' is not a valid path segment.")
         return _segment(value)
 
-    return httpx.URL(CONNECTION_PLACEHOLDER.sub(substitute, template))
+    return CONNECTION_PLACEHOLDER.sub(substitute, template)
 
 
 def build_request(
@@ -154,11 +203,8 @@ def build_request(
     connection_extra: dict[str, Any] | None = None,
 ) -> UpstreamRequest:
     spec = endpoint.spec
-    base = resolve_base_url(base_url, connection_extra)
-    path = base.raw_path.decode().split("?")[0].rstrip("/") + render_path(endpoint, params)
-    url = base.copy_with(raw_path=path.encode("ascii"), query=None, fragment=None)
-    if (url.scheme, url.host, url.port) != (base.scheme, base.host, base.port):
-        raise BadRequest("The request would leave the integration's host.")
+    origin, base_path = parse_base(resolve_base_url(base_url, connection_extra))
+    path = base_path + render_path(endpoint, params)
 
     headers = {**endpoint.integration.spec.headers, **spec.headers}
     query: list[tuple[str, str]] = list(spec.query.items())
@@ -180,7 +226,7 @@ def build_request(
         if CONTROL.search(key) or CONTROL.search(value):
             raise BadRequest(f"Header '{key}' holds control characters.")
 
-    request = UpstreamRequest(method=spec.method, url=url, headers=headers, query=query)
+    request = UpstreamRequest(method=spec.method, origin=origin, path=path, headers=headers, query=query)
     if spec.graphql is not None:
         request.json_body = {"query": spec.graphql.query, "variables": body}
     elif spec.method in ("POST", "PUT", "PATCH", "DELETE") and (body or spec.method != "DELETE"):
@@ -209,39 +255,28 @@ def _query_values(name: str, value: Any, explode: bool) -> list[tuple[str, str]]
     return [(name, _scalar(value))]
 
 
-def passed_headers(headers: httpx.Headers) -> dict[str, str]:
+def passed_headers(headers: dict[str, str]) -> dict[str, str]:
     return {key: value for key, value in headers.items() if key in PASSED_HEADERS or key.startswith(PASSED_PREFIXES)}
 
 
-async def send(client: httpx.AsyncClient, request: UpstreamRequest, max_bytes: int) -> UpstreamResponse:
+async def send(client: http_client.Client, request: UpstreamRequest, max_bytes: int) -> UpstreamResponse:
+    headers, content = request.encoded()
+    host = request.origin.host
     try:
-        response = await client.send(request.to_httpx(client), stream=True)
-    except httpx.TimeoutException:
-        raise UpstreamTimeout(f"{request.url.host} did not answer in time.") from None
-    except httpx.HTTPError as exc:
-        raise UpstreamUnreachable(f"{request.url.host} could not be reached ({type(exc).__name__}).") from None
-    try:
-        chunks: list[bytes] = []
-        size = 0
-        # aiter_bytes yields decompressed bytes: the cap counts what we would hold.
-        async for chunk in response.aiter_bytes():
-            size += len(chunk)
-            if size > max_bytes:
-                raise UpstreamResponseTooLarge(
-                    f"The upstream response exceeded the {max_bytes}-byte limit.",
-                    details={"limit_bytes": max_bytes},
-                )
-            chunks.append(chunk)
-    except httpx.TimeoutException:
-        raise UpstreamTimeout(f"{request.url.host} did not finish its answer in time.") from None
-    except httpx.HTTPError as exc:
-        raise UpstreamUnreachable(f"{request.url.host} broke off its answer ({type(exc).__name__}).") from None
-    finally:
-        await response.aclose()
-    content = b"".join(chunks)
+        response = await client.request(request.method, request.origin, request.target, headers, content, max_bytes)
+    except http_client.ResponseTooLarge:
+        raise UpstreamResponseTooLarge(
+            f"The upstream response exceeded the {max_bytes}-byte limit.", details={"limit_bytes": max_bytes}
+        ) from None
+    except http_client.TimeoutException:
+        raise UpstreamTimeout(f"{host} did not answer in time.") from None
+    except http_client.RemoteProtocolError as exc:
+        raise UpstreamUnreachable(f"{host} broke off or garbled its answer ({exc}).") from None
+    except http_client.HTTPError as exc:
+        raise UpstreamUnreachable(f"{host} could not be reached ({type(exc).__name__}).") from None
     return UpstreamResponse(
-        status=response.status_code,
-        data=decode_body(content, response.headers.get("content-type", "")),
+        status=response.status,
+        data=decode_body(response.content, response.headers.get("content-type", "")),
         headers=passed_headers(response.headers),
     )
 

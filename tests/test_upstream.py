@@ -1,19 +1,26 @@
-"""Unit tests of building and sending upstream requests, with httpx.MockTransport."""
+"""Building upstream requests, and sending them to a real server on 127.0.0.1."""
 
 from __future__ import annotations
 
 import asyncio
 import gzip
+from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from gateway import upstream
 from gateway.errors import BadRequest, UpstreamResponseTooLarge
+from gateway.services import clients, make_upstream_client
+from gateway.settings import Settings
 from gateway.specs import load_registry
+from tests.servers import ServerThread
 
-REGISTRY = load_registry([Path(__file__).parent / "integrations", Path(__file__).parents[1] / "integrations" / "github.yaml"])
+REGISTRY = load_registry(
+    [Path(__file__).parent / "integrations", Path(__file__).parents[1] / "integrations" / "github.yaml"]
+)
 
 
 def endpoint(integration: str, name: str):  # type: ignore[no-untyped-def]
@@ -35,52 +42,85 @@ def test_host_never_changes_and_path_is_encoded_per_segment() -> None:
 def test_connection_placeholders_in_base_url() -> None:
     ep = endpoint("github", "get_authenticated_user")
     request = upstream.build_request(
-        ep, {}, base_url="https://api.atlassian.com/ex/jira/{connection.cloud_id}", connection_extra={"cloud_id": "abc-123"}
+        ep,
+        {},
+        base_url="https://api.atlassian.com/ex/jira/{connection.cloud_id}",
+        connection_extra={"cloud_id": "abc-123"},
     )
     assert str(request.url) == "https://api.atlassian.com/ex/jira/abc-123/user"
     request = upstream.build_request(
-        ep, {}, base_url="{connection.instance_url}/services/data/v59.0", connection_extra={"instance_url": "https://na1.my.salesforce.com"}
+        ep,
+        {},
+        base_url="{connection.instance_url}/services/data/v59.0",
+        connection_extra={"instance_url": "https://na1.my.salesforce.com"},
     )
     assert str(request.url) == "https://na1.my.salesforce.com/services/data/v59.0/user"
     for bad in ({"cloud_id": "../x"}, {"cloud_id": "a/b"}, {}):
         with pytest.raises(BadRequest):
-            upstream.build_request(ep, {}, base_url="https://api.atlassian.com/ex/jira/{connection.cloud_id}", connection_extra=bad)
+            upstream.build_request(
+                ep, {}, base_url="https://api.atlassian.com/ex/jira/{connection.cloud_id}", connection_extra=bad
+            )
     for bad_origin in ("http://na1.salesforce.com", "https://user@evil.com", "javascript:alert(1)"):
         with pytest.raises(BadRequest):
-            upstream.build_request(ep, {}, base_url="{connection.instance_url}/x", connection_extra={"instance_url": bad_origin})
+            upstream.build_request(
+                ep, {}, base_url="{connection.instance_url}/x", connection_extra={"instance_url": bad_origin}
+            )
 
 
-def send(handler, max_bytes: int = 1000):  # type: ignore[no-untyped-def]
-    async def go():  # type: ignore[no-untyped-def]
-        async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
-            request = upstream.UpstreamRequest("GET", httpx.URL("https://x.test/a"), {}, [])
-            return await upstream.send(client, request, max_bytes)
+class Upstream:
+    """A one-route upstream on 127.0.0.1 answering whatever the test sets."""
+
+    def __init__(self) -> None:
+        self.response = Response()
+        self.seen: list[Request] = []
+
+    async def __call__(self, scope, receive, send) -> None:  # type: ignore[no-untyped-def]
+        if scope["type"] == "http":
+            self.seen.append(Request(scope))
+            await self.response(scope, receive, send)
+
+
+@pytest.fixture(scope="module")
+def fake() -> Iterator[tuple[Upstream, str]]:
+    app = Upstream()
+    with ServerThread(app, lifespan="off") as server:
+        yield app, server.url
+
+
+def send(fake: tuple[Upstream, str], response: Response, max_bytes: int = 1000) -> upstream.UpstreamResponse:
+    app, url = fake
+    app.response = response
+
+    async def go() -> upstream.UpstreamResponse:
+        async with make_upstream_client(Settings(secret_keys=("x",))) as client:
+            return await upstream.send(client, upstream.request_for_url("GET", url + "/a", {}), max_bytes)
 
     return asyncio.run(go())
 
 
-def test_json_text_and_empty_bodies() -> None:
-    assert send(lambda r: httpx.Response(200, json={"a": 1})).data == {"a": 1}
-    assert send(lambda r: httpx.Response(200, text="hi")).data == "hi"
-    assert send(lambda r: httpx.Response(204)).data is None
-    broken = send(lambda r: httpx.Response(200, content=b"{nope", headers={"content-type": "application/json"}))
+def test_json_text_and_empty_bodies(fake) -> None:  # type: ignore[no-untyped-def]
+    assert send(fake, JSONResponse({"a": 1})).data == {"a": 1}
+    assert send(fake, PlainTextResponse("hi")).data == "hi"
+    assert send(fake, Response(status_code=204)).data is None
+    broken = send(fake, Response(b"{nope", media_type="application/json"))
     assert broken.data == "{nope"
-    vendor = send(lambda r: httpx.Response(200, content=b'{"a":1}', headers={"content-type": "application/vnd.api+json"}))
+    vendor = send(fake, Response(b'{"a":1}', media_type="application/vnd.api+json"))
     assert vendor.data == {"a": 1}
 
 
-def test_cap_counts_decompressed_bytes() -> None:
+def test_cap_counts_decompressed_bytes(fake) -> None:  # type: ignore[no-untyped-def]
     bomb = gzip.compress(b"0" * 5000)
     assert len(bomb) < 1000
     with pytest.raises(UpstreamResponseTooLarge):
-        send(lambda r: httpx.Response(200, content=bomb, headers={"content-encoding": "gzip"}))
+        send(fake, Response(bomb, headers={"content-encoding": "gzip"}))
 
 
-def test_only_rate_limit_and_link_headers_pass() -> None:
+def test_only_rate_limit_and_link_headers_pass(fake) -> None:  # type: ignore[no-untyped-def]
     response = send(
-        lambda r: httpx.Response(
-            200, json={}, headers={"x-ratelimit-remaining": "1", "retry-after": "3", "link": "<x>", "set-cookie": "a=b"}
-        )
+        fake,
+        JSONResponse(
+            {}, headers={"x-ratelimit-remaining": "1", "retry-after": "3", "link": "<x>", "set-cookie": "a=b"}
+        ),
     )
     assert response.headers == {"x-ratelimit-remaining": "1", "retry-after": "3", "link": "<x>"}
 
@@ -93,25 +133,18 @@ def test_ids_are_strictly_increasing_within_a_process() -> None:
     assert all(len(i) == len(ids[0]) for i in ids)
 
 
-def test_the_shared_client_never_carries_one_callers_cookies_to_the_next() -> None:
-    from starlette.applications import Starlette
-    from starlette.requests import Request
-    from starlette.responses import JSONResponse
-    from starlette.routing import Route
+def test_no_client_carries_one_callers_cookies_to_the_next(fake) -> None:  # type: ignore[no-untyped-def]
+    app, url = fake
+    response = JSONResponse({})
+    response.set_cookie("session", "secret-of-the-first-caller")
+    app.response = response
 
-    from gateway.services import make_http_client
-    from gateway.settings import Settings
-    from tests.servers import ServerThread
+    async def twice() -> None:
+        async with clients(Settings(secret_keys=("x",))) as (http, upstream_client):
+            for _ in range(2):
+                await http.get(url + "/")
+                await upstream.send(upstream_client, upstream.request_for_url("GET", url + "/", {}), 1000)
 
-    async def echo(request: Request) -> JSONResponse:
-        response = JSONResponse({"cookie": request.headers.get("cookie")})
-        response.set_cookie("session", "secret-of-the-first-caller")
-        return response
-
-    with ServerThread(Starlette(routes=[Route("/", echo)])) as server:
-
-        async def twice() -> list[str | None]:
-            async with make_http_client(Settings(secret_keys=("x",))) as client:
-                return [(await client.get(server.url + "/")).json()["cookie"] for _ in range(2)]
-
-        assert asyncio.run(twice()) == [None, None]
+    app.seen.clear()
+    asyncio.run(twice())
+    assert len(app.seen) == 4 and [r.headers.get("cookie") for r in app.seen] == [None] * 4
