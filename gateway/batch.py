@@ -3,10 +3,15 @@
 Every call counts itself against its limits before the upstream and records a run row
 after it. One transaction each through SQLAlchemy was most of the gateway's own cost
 (docs/benchmarks.md). Here the writes asked for during one turn of the event loop share
-one transaction on one DBAPI connection, run in the order they were asked for; each
-caller awaits its own result, which is given only once the transaction has committed.
-A transaction that fails fails every write in it with a DBAPIError, which callers
-answer as 503 (nothing is half-written: it rolled back).
+one transaction on one DBAPI connection, flushed at the end of the turn.
+
+- A count is awaited: the call goes upstream only once its count is committed, so limits
+  stay exact across processes. A transaction that fails fails every count in it with a
+  DBAPIError (the call answers 503; the transaction rolled back, nothing is half-written).
+- A run row and a refund are not awaited: the answer goes out first and the row is
+  committed in the same turn of the loop, before this process reads its next request.
+  A row that cannot be written is logged and counted (`on_lost`): the answer reflects a
+  call the upstream already ran, and must not be replaced by a 503 that invites a retry.
 
 The statements are plain SQL on the DBAPI connection, built once per dialect; values
 go through the columns' own SQLAlchemy bind processors, so rows are stored exactly as
@@ -17,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import datetime as dt
 import logging
 from collections.abc import Callable
@@ -32,18 +36,6 @@ from .models import DailyUsage, Run
 logger = logging.getLogger("gateway.batch")
 
 Subjects = list[tuple[str, int | None]]
-
-
-class _Refused(Exception):
-    def __init__(self, index: int) -> None:
-        self.index = index
-
-
-@dataclasses.dataclass
-class _Op:
-    kind: str  # count | refund | insert_run
-    args: Any
-    future: asyncio.Future[Any] | None
 
 
 class Statements:
@@ -81,78 +73,89 @@ class Statements:
 
 
 class Batcher:
-    """One process's queue of hot writes, flushed at the end of each event-loop turn."""
+    """One process's hot writes, flushed at the end of each event-loop turn."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.sql = Statements(engine)
-        self._ops: list[_Op] = []
+        self._counts: list[tuple[Subjects, Any, asyncio.Future[list[int] | int]]] = []
+        self._refunds: list[tuple[list[str], Any]] = []
+        self._rows: list[tuple[Any, ...]] = []
         self._scheduled = False
         self._connection: Any = None
-        self.batches = 0
+        self._dbapi_error: type[Exception] = engine.dialect.loaded_dbapi.Error
+        # Called with the number of run rows a failed batch lost.
+        self.on_lost: Callable[[int], None] = lambda rows: None
 
-    async def count(self, subjects: Subjects, day: dt.date) -> list[int] | int:
-        """Adds one call to each subject's count for `day`, all or none.
-
-        Returns the new counts, or the index of the first subject whose limit was already
-        reached (then no subject was counted).
-        """
-        return await self._submit("count", (subjects, self.sql.day_processor(day)), wait=True)
-
-    def refund(self, subjects: list[str], day: dt.date) -> None:
-        """Takes one call back from each subject's count; rides along with the next batch."""
-        self._submit("refund", (subjects, self.sql.day_processor(day)), wait=False)
-
-    async def insert_run(self, values: dict[str, Any]) -> None:
-        await self._submit("insert_run", self.sql.run_row(values), wait=True)
-
-    def _submit(self, kind: str, args: Any, wait: bool) -> Any:
-        loop = asyncio.get_running_loop()
-        future = loop.create_future() if wait else None
-        self._ops.append(_Op(kind, args, future))
-        if not self._scheduled:
-            self._scheduled = True
-            loop.call_soon(self._flush)
+    def count(self, subjects: Subjects, day: dt.date) -> asyncio.Future[list[int] | int]:
+        """Adds one call to each subject's count for `day`, all or none. Resolves to the new
+        counts, or to the index of the first subject whose limit was already reached (then
+        no subject was counted)."""
+        future: asyncio.Future[list[int] | int] = asyncio.get_running_loop().create_future()
+        self._counts.append((subjects, self.sql.day_processor(day), future))
+        self._schedule()
         return future
 
-    def _flush(self) -> None:
-        ops, self._ops, self._scheduled = self._ops, [], False
-        if not ops:
+    def refund(self, subjects: list[str], day: dt.date) -> None:
+        """Takes one call back from each subject's count."""
+        self._refunds.append((subjects, self.sql.day_processor(day)))
+        self._schedule()
+
+    def insert_run(self, values: dict[str, Any]) -> None:
+        self._rows.append(self.sql.run_row(values))
+        self._schedule()
+
+    def _schedule(self) -> None:
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        counts, refunds, rows = self._counts, self._refunds, self._rows
+        self._counts, self._refunds, self._rows, self._scheduled = [], [], [], False
+        if not (counts or refunds or rows):
             return
-        self.batches += 1
         try:
-            results = self._run(ops)
+            results = self._run(counts, refunds, rows)
         except Exception as exc:
             error: Exception = exc
-            if isinstance(exc, self.engine.dialect.loaded_dbapi.Error):
+            if isinstance(exc, self._dbapi_error):
                 self._drop_connection()
                 error = DBAPIError("batched writes", None, exc)
-            logger.error("a batch of %d writes failed: %s", len(ops), type(exc).__name__)
-            for op in ops:
-                if op.future is not None and not op.future.done():
-                    op.future.set_exception(error)
+            logger.error(
+                "a batch of %d counts, %d refunds and %d run rows failed: %s",
+                len(counts),
+                len(refunds),
+                len(rows),
+                type(exc).__name__,
+            )
+            if rows:
+                self.on_lost(len(rows))
+            for _, _, future in counts:
+                if not future.done():
+                    future.set_exception(error)
             return
-        for op, result in zip(ops, results, strict=True):
-            if op.future is not None and not op.future.done():
-                op.future.set_result(result)
+        for (_, _, future), result in zip(counts, results, strict=True):
+            if not future.done():
+                future.set_result(result)
 
-    def _run(self, ops: list[_Op]) -> list[Any]:
+    def _run(
+        self,
+        counts: list[tuple[Subjects, Any, asyncio.Future[Any]]],
+        refunds: list[tuple[list[str], Any]],
+        rows: list[tuple[Any, ...]],
+    ) -> list[list[int] | int]:
         if self._connection is None:
             self._connection = self.engine.raw_connection()
         connection = self._connection
         cursor = connection.cursor()
         try:
-            results: list[Any] = [None] * len(ops)
-            rows = [op.args for op in ops if op.kind == "insert_run"]
             if rows:
                 cursor.executemany(self.sql.insert_run, rows)
-            for index, op in enumerate(ops):
-                if op.kind == "count":
-                    results[index] = self._count(cursor, *op.args)
-                elif op.kind == "refund":
-                    subjects, day = op.args
-                    for subject in subjects:
-                        cursor.execute(self.sql.decrement, (subject, day))
+            results = [self._count(cursor, subjects, day) for subjects, day, _ in counts]
+            for subjects, day in refunds:
+                for subject in subjects:
+                    cursor.execute(self.sql.decrement, (subject, day))
             connection.commit()
             return results
         except BaseException:
@@ -196,8 +199,7 @@ class Batcher:
                 logger.debug("invalidating a failed connection failed", exc_info=True)
 
     def close(self) -> None:
-        if self._ops:
-            self._flush()
+        self.flush()
         connection, self._connection = self._connection, None
         if connection is not None:
             connection.close()

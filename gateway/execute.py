@@ -200,7 +200,7 @@ async def execute(
             exc.extra["waitpoint"] = reference(services, waitpoint)
         record.error_code, record.error_message = exc.code, exc.message[:500]
         record.finish("timeout" if isinstance(exc, UpstreamTimeout) else "failed", exc.status)
-        await _save(services, key, record, exc.body(None))
+        _save(services, key, record, exc.body(None))
         exc.headers.setdefault("X-Run-Id", record.id)
         raise
     except DBAPIError:
@@ -215,13 +215,13 @@ async def execute(
         record.error_code, record.error_message = "internal_error", "internal error"
         record.finish("failed", 500)
         error = InternalError("The gateway failed to complete this call.", headers={"X-Run-Id": record.id})
-        await _save(services, key, record, error.body(None))
+        _save(services, key, record, error.body(None))
         raise error from None
     ok = result.http_status < 400
     if record.error_code is None and not ok:
         record.error_code = "upstream_error"
     record.finish("completed" if ok else "failed", result.http_status)
-    await _save(services, key, record, result.body)
+    _save(services, key, record, result.body)
     result.headers["X-Run-Id"] = record.id
     if usage is not None:
         result.headers.update(usage.headers())
@@ -235,7 +235,7 @@ def _count(services: Services, record: RunRecord, outcome: str) -> None:
     services.metrics.calls.labels(*labels, outcome).inc()
 
 
-async def _save(services: Services, key: ApiKey, record: RunRecord, body: dict[str, Any]) -> None:
+def _save(services: Services, key: ApiKey, record: RunRecord, body: dict[str, Any]) -> None:
     _count(services, record, record.error_code or "ok")
-    await runs.save_async(services.batcher, services.box, record, body)
+    runs.save_direct(services.batcher, services.box, record, body)
     keys.touch(services.engine, key.id or 0)

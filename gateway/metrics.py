@@ -55,6 +55,11 @@ class Metrics:
             ["integration", "result"],
             registry=self.registry,
         )
+        self.run_rows_lost = Counter(
+            "gateway_run_rows_lost_total",
+            "Run-history rows of answered calls that could not be written (the database failed).",
+            registry=self.registry,
+        )
 
     def watch_queue(self, read: Callable[[], dict[str, int]]) -> None:
         self.registry.register(_QueueDepth(read))

@@ -12,7 +12,7 @@ import datetime as dt
 import json
 from typing import Any
 
-from sqlalchemy import and_, delete, exists, func, or_, select, update
+from sqlalchemy import and_, bindparam, delete, exists, func, or_, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import aliased
 
@@ -83,13 +83,13 @@ def _insert_values(record: RunRecord, body: dict[str, Any] | None, box: Box) -> 
     return values
 
 
-async def save_async(batcher: Batcher, box: Box, record: RunRecord, body: dict[str, Any] | None) -> None:
-    """A direct call's row goes in with the process's group commit (batch.py); the call
-    answers once it is committed."""
+def save_direct(batcher: Batcher, box: Box, record: RunRecord, body: dict[str, Any] | None) -> None:
+    """A direct call's row: an idempotent call's existing row is updated now (a repeat must find
+    the result); any other row goes in with the process's group commit, after the answer (batch.py)."""
     if record.stored:
         save(batcher.engine, box, record, body)
     else:
-        await batcher.insert_run(_insert_values(record, body, box))
+        batcher.insert_run(_insert_values(record, body, box))
 
 
 def save(engine: Engine, box: Box, record: RunRecord, body: dict[str, Any] | None) -> None:
@@ -205,10 +205,12 @@ def cancel(engine: Engine, run_id: str, user_id: int) -> bool:
         )
 
 
-def claim(engine: Engine, worker_id: str, lease: dt.timedelta) -> Run | None:
-    """Takes the oldest runnable call: pending, not held for approval, and first in its queue
-    with nothing of its queue running. One statement, so two workers never take the same run."""
-    now = utcnow()
+def _claim_statement(postgresql: bool) -> Any:
+    """Takes up to `:limit` runnable calls: pending, not held for approval, each first in its
+    queue with nothing of its queue running. Two candidates never share a queue (the younger
+    one has an older pending call), and two workers never take the same run: the rows are
+    locked and skipped (`FOR UPDATE SKIP LOCKED`) on PostgreSQL, and SQLite runs the one
+    statement under its write lock. Built once per dialect: building it cost more than running it."""
     other = aliased(Run)
     blocked = exists().where(
         other.user_id == Run.user_id,
@@ -216,7 +218,7 @@ def claim(engine: Engine, worker_id: str, lease: dt.timedelta) -> Run | None:
         is_active(other.status),
         or_(other.status == "running", and_(other.status == "pending", other.id < Run.id)),
     )
-    candidate = (
+    candidates = (
         select(Run.id)
         .where(
             Run.status == "pending",
@@ -225,31 +227,49 @@ def claim(engine: Engine, worker_id: str, lease: dt.timedelta) -> Run | None:
             ~blocked,
         )
         .order_by(Run.id)
-        .limit(1)
+        .limit(bindparam("limit"))
     )
-    if engine.dialect.name == "postgresql":
-        candidate = candidate.with_for_update(skip_locked=True)
-    statement = (
+    if postgresql:
+        candidates = candidates.with_for_update(skip_locked=True)
+    return (
         update(Run)
-        .where(Run.id == candidate.scalar_subquery(), Run.status == "pending")
-        .values(status="running", worker_id=worker_id, lease_until=now + lease, started_at=now)
+        .where(Run.id.in_(candidates), Run.status == "pending")
+        .values(
+            status="running",
+            worker_id=bindparam("worker_id"),
+            lease_until=bindparam("lease_until"),
+            started_at=bindparam("now"),
+        )
         .returning(*Run.__table__.columns)
     )
-    with engine.begin() as c:
-        row = c.execute(statement).first()
-    return Run(**row._mapping) if row else None
 
 
-def extend_lease(engine: Engine, run_id: str, worker_id: str, lease: dt.timedelta) -> bool:
+_CLAIM = {dialect: _claim_statement(dialect == "postgresql") for dialect in ("postgresql", "sqlite")}
+
+
+def claim_many(engine: Engine, worker_id: str, lease: dt.timedelta, limit: int) -> list[Run]:
+    """Up to `limit` calls for this worker, oldest first, at most one per queue; see _claim_statement."""
+    now = utcnow()
+    statement = _CLAIM["postgresql" if engine.dialect.name == "postgresql" else "sqlite"]
     with engine.begin() as c:
-        return (
-            c.execute(
-                update(Run)
-                .where(Run.id == run_id, Run.worker_id == worker_id, Run.status == "running")
-                .values(lease_until=utcnow() + lease)
-            ).rowcount
-            == 1
-        )
+        rows = c.execute(statement, {"limit": limit, "worker_id": worker_id, "lease_until": now + lease, "now": now})
+        claimed = [Run(**r._mapping) for r in rows]
+    return sorted(claimed, key=lambda run: run.id)
+
+
+def claim(engine: Engine, worker_id: str, lease: dt.timedelta) -> Run | None:
+    claimed = claim_many(engine, worker_id, lease, 1)
+    return claimed[0] if claimed else None
+
+
+def extend_leases(engine: Engine, worker_id: str, lease: dt.timedelta) -> int:
+    """Extends the lease of every call this worker is running, in one statement."""
+    with engine.begin() as c:
+        return c.execute(
+            update(Run)
+            .where(Run.worker_id == worker_id, Run.status == "running", is_active(Run.status))
+            .values(lease_until=utcnow() + lease)
+        ).rowcount
 
 
 def expired_leases(engine: Engine) -> list[Run]:

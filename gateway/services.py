@@ -87,7 +87,7 @@ class Services:
         metrics.watch_queue(lambda: runs.queue_depth(engine))
         tokens = TokenStore(settings, engine, box)
         tokens.on_refresh = lambda integration, result: metrics.refreshes.labels(integration, result).inc()
-        return cls(
+        services = cls(
             settings=settings,
             engine=engine,
             registry=registry,
@@ -100,6 +100,8 @@ class Services:
             run_finished_hooks=[complete_waitpoint],
             plans=PlanBook(plans.load(settings.plans_file), settings.default_plan),
         )
+        services.batcher.on_lost = metrics.run_rows_lost.inc
+        return services
 
     def signer(self, purpose: str, max_age: int | None) -> Signer:
         if purpose not in self.signers:

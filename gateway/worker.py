@@ -78,6 +78,9 @@ async def sweeper(services: Services, every: float = 1.0) -> None:
 
 
 class Worker:
+    """Runs up to `concurrency` queued calls at once. One dispatcher claims work for every free
+    slot in a single statement; one heartbeat extends every lease this worker holds."""
+
     def __init__(self, services: Services, concurrency: int = 8) -> None:
         self.services = services
         self.concurrency = concurrency
@@ -87,6 +90,7 @@ class Worker:
         self._stop = asyncio.Event()
         self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
+        self._running: set[asyncio.Task[None]] = set()
         self._background: set[asyncio.Task[Any]] = set()
         self._purged = -PURGE_EVERY
 
@@ -94,43 +98,57 @@ class Worker:
         self._wake.set()
 
     async def start(self) -> None:
-        self._tasks = [asyncio.create_task(self._slot()) for _ in range(self.concurrency)]
-        self._tasks.append(asyncio.create_task(self._housekeeping()))
+        self._tasks = [
+            asyncio.create_task(self._dispatch()),
+            asyncio.create_task(self._heartbeat()),
+            asyncio.create_task(self._housekeeping()),
+        ]
 
     async def stop(self, grace: float = 10.0) -> None:
         """Lets calls in flight finish for `grace` seconds; the rest keep their lease and are recovered."""
         self._stopping = True
         self._stop.set()
         self._wake.set()
-        _, pending = await asyncio.wait(self._tasks, timeout=grace) if self._tasks else (set(), set())
-        for task in pending:
+        pending: set[asyncio.Task[None]] = set()
+        if self._running:
+            _, pending = await asyncio.wait(set(self._running), timeout=grace)
+        for task in [*pending, *self._tasks]:
             task.cancel()
-        for task in [*pending, *self._background]:
+        for task in [*pending, *self._tasks, *self._background]:
             with contextlib.suppress(BaseException):
                 await task
 
-    async def _slot(self) -> None:
-        # A slot never dies: an error is logged and the loop goes on, or concurrency would shrink for good.
+    async def _dispatch(self) -> None:
+        # The dispatcher never dies: an error is logged and the loop goes on, or the queue would stall.
         while not self._stopping:
             try:
-                await self._step()
+                free = self.concurrency - len(self._running)
+                # Cleared before claiming: a call finishing or queued meanwhile sets it again.
+                self._wake.clear()
+                claimed = runs.claim_many(self.services.engine, self.id, self.lease, free) if free else []
+                for run in claimed:
+                    task = asyncio.create_task(self._run(run))
+                    self._running.add(task)
+                if free and len(claimed) == free:
+                    continue  # there may be more: the next claim finds out once a slot frees
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), IDLE_POLL)
             except DBAPIError as exc:
                 logger.warning("the database is unreachable (%s); retrying", type(exc).__name__)
                 await asyncio.sleep(1.0)
             except Exception:
-                logger.exception("a worker step failed; retrying")
+                logger.exception("claiming queued calls failed; retrying")
                 await asyncio.sleep(0.5)
 
-    async def _step(self) -> None:
-        run = runs.claim(self.services.engine, self.id, self.lease)
-        if run is None:
-            self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), IDLE_POLL)
-            return
-        await self.process(run)
-        # Finishing a call may unblock the next one in its queue.
-        self._wake.set()
+    async def _run(self, run: Run) -> None:
+        try:
+            await self.process(run)
+        except Exception:
+            logger.exception("queued call %s failed in the worker", run.id)
+        finally:
+            self._running.discard(asyncio.current_task())  # type: ignore[arg-type]
+            # A free slot, and finishing a call may unblock the next one in its queue.
+            self._wake.set()
 
     async def process(self, run: Run) -> None:
         services = self.services
@@ -146,9 +164,8 @@ class Worker:
             keep_result=True,
             from_queue=True,
         )
-        heartbeat = asyncio.create_task(self._heartbeat(run.id))
         try:
-            key = keys.by_id(services.engine, run.api_key_id) if run.api_key_id else None
+            key = keys.cached_by_id(services.engine, run.api_key_id) if run.api_key_id else None
             if key is None or key.revoked_at is not None:
                 error = Unauthorized("The API key that queued this call was revoked.")
                 record.integration, record.endpoint = run.integration, run.endpoint
@@ -161,10 +178,6 @@ class Worker:
                     await execute(services, key, run.integration, run.endpoint, request.get("params", {}), record)
         except Exception:
             logger.exception("queued call %s failed in the worker", run.id)
-        finally:
-            heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await heartbeat
         await self.after(run)
 
     async def after(self, run: Run) -> None:
@@ -189,10 +202,15 @@ class Worker:
                 self._background.add(task)
                 task.add_done_callback(self._background.discard)
 
-    async def _heartbeat(self, run_id: str) -> None:
-        while True:
+    async def _heartbeat(self) -> None:
+        while not self._stopping:
             await asyncio.sleep(self.lease.total_seconds() / 3)
-            runs.extend_lease(self.services.engine, run_id, self.id, self.lease)
+            if not self._running:
+                continue
+            try:
+                runs.extend_leases(self.services.engine, self.id, self.lease)
+            except Exception as exc:
+                logger.warning("extending leases failed (%s); retrying", type(exc).__name__)
 
     async def _housekeeping(self) -> None:
         while not self._stopping:

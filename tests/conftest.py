@@ -3,16 +3,18 @@ from __future__ import annotations
 import dataclasses
 import os
 import secrets
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, select, text
 
 from gateway import connections, keys, users
 from gateway.app import create_app
 from gateway.crypto import Box
+from gateway.models import Run
 from gateway.settings import IntegrationOverrides, Settings
 from tests.fakes.provider import CLIENT_ID, CLIENT_SECRET, ProviderState, create_provider
 from tests.servers import ServerThread, free_port
@@ -145,6 +147,19 @@ class Gateway:
             scopes=token.get("scope"),
             account="octocat",
         )
+
+    def run(self, run_id: str) -> Run:
+        """A direct call's run row. It is committed right after the answer goes out (batch.py), so a
+        reader in another thread may look a moment too early: wait for it, briefly."""
+        deadline = time.monotonic() + 5
+        while True:
+            with self.engine.connect() as c:
+                row = c.execute(select(Run.__table__).where(Run.id == run_id)).first()
+            if row is not None:
+                return Run(**row._mapping)
+            if time.monotonic() > deadline:
+                raise AssertionError(f"run {run_id} was never written")
+            time.sleep(0.01)
 
     def call(
         self, secret: str, integration: str, endpoint: str, params: dict | None = None, **kwargs: object

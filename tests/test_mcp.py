@@ -18,7 +18,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 from sqlalchemy import update
 
-from gateway import connections, keys, mcp, runs
+from gateway import connections, keys, mcp
 from gateway.app import create_app
 from gateway.errors import IntegrationNotConnected
 from gateway.models import Connection
@@ -110,8 +110,8 @@ async def test_a_tool_call_runs_the_pipeline_and_is_recorded(gateway: Gateway, a
     assert (sent.method, sent.path) == ("POST", "/api/repos/acme/webapp/issues")
     assert sent.headers["authorization"].startswith("Bearer gho_")
 
-    run = runs.get(gateway.engine, issue.structured_content["run_id"], user_id)
-    assert run is not None
+    run = gateway.run(issue.structured_content["run_id"])
+    assert run.user_id == user_id
     assert (run.integration, run.endpoint, run.status, run.http_status) == ("github", "create_issue", "completed", 201)
     [key] = [k for k in _keys(gateway, user_id)]
     assert run.api_key_id == key
@@ -132,8 +132,8 @@ async def test_an_unconnected_integration_gives_an_actionable_error(gateway: Gat
     assert waitpoint["id"] and waitpoint["wait_url"].startswith("http://127.0.0.1:9999/")
     assert result.structured_content["error"] == "integration_not_connected"
     assert result.structured_content["action_url"] == lines["action_url"]
-    run = runs.get(gateway.engine, lines["run_id"], user_id)
-    assert run is not None and (run.status, run.error_code) == ("failed", "integration_not_connected")
+    run = gateway.run(lines["run_id"])
+    assert (run.user_id, run.status, run.error_code) == (user_id, "failed", "integration_not_connected")
     assert provider.api_requests() == []
 
 

@@ -6,7 +6,7 @@ import asyncio
 import datetime as dt
 
 import httpx
-from sqlalchemy import select, update
+from sqlalchemy import update
 
 from gateway import connections
 from gateway.models import Connection, Run
@@ -14,8 +14,7 @@ from tests.conftest import Gateway
 
 
 def run_row(gateway: Gateway, run_id: str) -> Run:
-    with gateway.engine.connect() as c:
-        return Run(**c.execute(select(Run.__table__).where(Run.id == run_id)).first()._mapping)
+    return gateway.run(run_id)
 
 
 def expire_stored_token(gateway: Gateway, user_id: int) -> None:

@@ -64,10 +64,13 @@ def wait_all(engine, ids: list[str], timeout: float) -> dict[str, str]:  # type:
 
 def test_200_calls_4_queues_3_workers_once_each_and_in_order(pg, provider) -> None:
     url, engine, user_id, key_id = pg
-    env = gateway_env(url, provider.url, SECRET, GATEWAY_WORKER_CONCURRENCY="4")
+    # Two slots each: no worker can hold all four queues' heads, so every worker must take work.
+    # A worker claims for all its free slots at once; each call takes 50 ms so that the others,
+    # which learn of the work by polling, are not beaten to all of it.
+    env = gateway_env(url, provider.url, SECRET, GATEWAY_WORKER_CONCURRENCY="2")
     workers = [GatewayProcess(["worker"], env) for _ in range(3)]
     try:
-        ids = [enqueue(engine, user_id, key_id, "record", f"q{seq % 4}", seq // 4) for seq in range(200)]
+        ids = [enqueue(engine, user_id, key_id, "record", f"q{seq % 4}", seq // 4, sleep=0.05) for seq in range(200)]
         statuses = wait_all(engine, ids, timeout=90)
     finally:
         for worker in workers:
