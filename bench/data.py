@@ -31,6 +31,8 @@ EMAIL = "bench@example.com"
 PASSWORD = "correct horse battery staple"
 # bench/plans.yaml: counted like any limited plan, never reached (the built-in 'free' stops at 5,000 a day).
 PLAN = "bench"
+# What every gateway call in the benchmark sends: params to check, one to default.
+CALL_BODY = '{"params":{"fields":"id,name,items"}}'
 BATCH = 5_000
 
 

@@ -18,7 +18,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-from . import load
+from . import data, load
 from .processes import Children
 from .run import Options, Run
 
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         run = Run(options, children, Path(tmp))
         upstream = run.start_upstream()
         gateway, secret = run.start_gateway("gateway", upstream, scale=args.scale)
-        request = load.Request(f"{gateway.url}/v1/bench/fast")
+        request = load.Request(f"{gateway.url}/v1/bench/fast", body=data.CALL_BODY)
         request.headers["Authorization"] = f"Bearer {secret}"
         load.check_answer(request)
         load.measure(generator, "warm-up", request, args.connections, options.warmup)

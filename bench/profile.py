@@ -62,7 +62,7 @@ async def call(app: Any, secret: str, state: dict[str, Any]) -> int:
         nonlocal sent
         if not sent:
             sent = True
-            return {"type": "http.request", "body": b'{"params":{}}', "more_body": False}
+            return {"type": "http.request", "body": data.CALL_BODY.encode(), "more_body": False}
         await asyncio.sleep(3600)
         return {"type": "http.disconnect"}
 

@@ -182,7 +182,7 @@ class Run:
                 self.measure(target, load.Request(f"{child.url}/proxy"), child)
             else:
                 child, secret = self.start_gateway(target, upstream, scale=target == "gateway-scale")
-                request = load.Request(f"{child.url}/v1/bench/fast")
+                request = load.Request(f"{child.url}/v1/bench/fast", body=data.CALL_BODY)
                 request.headers["Authorization"] = f"Bearer {secret}"
                 self.measure(target, request, child)
                 if target == "gateway" and self.options.memory:

@@ -13,11 +13,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from . import approvals, callbacks, keys, limits, links, runs, upstream, waitpoints
+from . import approvals, callbacks, keys, limits, links, runs, waitpoints
 from .errors import BadRequest, IdempotencyInProgress, IdempotencyMismatch, NotFound, ScopeNotAllowed
 from .execute import execute, resolve
 from .models import ApiKey, Run, utcnow
 from .openapi import describe_endpoint, describe_integration, openapi_document
+from .params import validate as validate_params
 from .requests import api_key, json_object
 from .runs import RunRecord
 from .services import Services
@@ -96,7 +97,7 @@ async def _submit(
     idempotency: tuple[str, str] | None,
 ) -> Response:
     endpoint = resolve(services, key, integration, endpoint_name)
-    params = upstream.validate_params(endpoint, body.get("params", {}))
+    params = validate_params(endpoint, body.get("params", {}))
     record = RunRecord.start()
     record.user_id, record.api_key_id = key.user_id, key.id
     record.integration, record.endpoint = integration, endpoint_name

@@ -45,6 +45,7 @@ async def calls_page(request: Request, user: User) -> Response:
     services = services_of(request)
     filters = _filters(request)
     before = (request.query_params.get("before") or "")[:40] or None
+    services.batcher.flush()  # this process's answered calls, even those still waiting for their commit
     runs, next_cursor = history.page(services.engine, user.id or 0, filters, before)
     context = {
         "runs": runs,

@@ -22,6 +22,7 @@ from .errors import (
     UpstreamTimeout,
 )
 from .models import ApiKey, Connection
+from .params import validate as validate_params
 from .runs import RunRecord
 from .services import Services
 from .specs import ApiKeyAuth, CompiledEndpoint, OAuth2Auth
@@ -104,7 +105,7 @@ async def _send(
     try:
         return await upstream.send(services.upstream, request, services.settings.upstream_max_response_bytes)
     finally:
-        services.metrics.upstream_latency.labels(endpoint.integration.name).observe(time.perf_counter() - started)
+        services.metrics.observe_upstream(endpoint.integration.name, time.perf_counter() - started)
 
 
 async def call(
@@ -173,10 +174,20 @@ async def execute(
     """
     record.user_id, record.api_key_id = key.user_id, key.id
     record.integration, record.endpoint = integration, endpoint_name
+    services.batcher.calls += 1
+    try:
+        return await _execute(services, key, integration, endpoint_name, params, record)
+    finally:
+        services.batcher.calls -= 1
+
+
+async def _execute(
+    services: Services, key: ApiKey, integration: str, endpoint_name: str, params: Any, record: RunRecord
+) -> CallResult:
     usage: limits.Usage | None = None
     try:
         endpoint = resolve(services, key, integration, endpoint_name)
-        validated = upstream.validate_params(endpoint, params)
+        validated = validate_params(endpoint, params)
         if not record.from_queue:
             # Queued calls were counted when they were accepted.
             usage = await limits.reserve(
@@ -232,7 +243,7 @@ def _count(services: Services, record: RunRecord, outcome: str) -> None:
     # Only names from the registry become labels: bad input must not grow the metrics.
     known = services.registry.endpoint(record.integration, record.endpoint) is not None
     labels = (record.integration, record.endpoint) if known else ("unknown", "unknown")
-    services.metrics.calls.labels(*labels, outcome).inc()
+    services.metrics.count_call(*labels, outcome)
 
 
 def _save(services: Services, key: ApiKey, record: RunRecord, body: dict[str, Any]) -> None:

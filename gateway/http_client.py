@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import functools
 import re
 import ssl
 import zlib
@@ -73,18 +74,18 @@ class _ClosedBeforeAnswer(RemoteProtocolError):
     """The connection closed before any byte of the answer: the request may not have been read."""
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True)
 class Origin:
     scheme: str
     host: str
     port: int
 
-    @property
-    def host_header(self) -> bytes:
+    @functools.cached_property
+    def host_header(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        if self.port != DEFAULT_PORTS[self.scheme]:
-            host = f"{host}:{self.port}"
-        return host.encode("idna") if not host.isascii() else host.encode()
+        if not host.isascii():
+            host = host.encode("idna").decode("ascii")
+        return host if self.port == DEFAULT_PORTS[self.scheme] else f"{host}:{self.port}"
 
 
 @dataclasses.dataclass(slots=True)
@@ -328,7 +329,12 @@ class Client:
         self.max_connections = max_connections
         self.keepalive_expiry = keepalive_expiry
         self.ssl_context = ssl_context
-        self.user_agent = user_agent.encode()
+        # Sent unless the request has its own.
+        self._defaults = (
+            ("user-agent", f"User-Agent: {user_agent}"),
+            ("accept", "Accept: */*"),
+            ("accept-encoding", "Accept-Encoding: gzip, deflate"),
+        )
         self._idle: dict[Origin, list[_Connection]] = {}
         self._open = 0
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
@@ -366,7 +372,10 @@ class Client:
         payload = head + content if content else head
         attempts = 2 if method in IDEMPOTENT else 1
         for attempt in range(attempts):
-            connection = await self._acquire(origin, fresh=attempt > 0)
+            # Most calls find an idle connection and need no coroutine to get it.
+            connection = None if attempt or self._closed else self._idle_connection(origin)
+            if connection is None:
+                connection = await self._acquire(origin, fresh=attempt > 0)
             reused = connection.requests > 0
             try:
                 response = await connection.send(payload, max_bytes, self.read_timeout)
@@ -388,34 +397,36 @@ class Client:
         if _UNSAFE_TARGET.search(target) or any(_UNSAFE_HEADER.search(n + v) for n, v in headers):
             # Callers check their input; this is the last line against request smuggling.
             raise ValueError("a request target or header holds whitespace or control characters")
-        lines = [f"{method} {target} HTTP/1.1".encode(), b"Host: " + origin.host_header]
         given = {name.lower() for name, _ in headers}
-        if "user-agent" not in given:
-            lines.append(b"User-Agent: " + self.user_agent)
-        if "accept" not in given:
-            lines.append(b"Accept: */*")
-        if "accept-encoding" not in given:
-            lines.append(b"Accept-Encoding: gzip, deflate")
-        for name, value in headers:
-            lines.append(f"{name}: {value}".encode())
+        lines = [f"{method} {target} HTTP/1.1\r\nHost: {origin.host_header}"]
+        lines.extend(line for name, line in self._defaults if name not in given)
+        lines.extend(f"{name}: {value}" for name, value in headers)
         if content or method in ("POST", "PUT", "PATCH"):
-            lines.append(b"Content-Length: %d" % len(content or b""))
-        lines.append(b"\r\n")
-        return b"\r\n".join(lines)
+            lines.append(f"Content-Length: {len(content or b'')}")
+        lines.append("\r\n")
+        return "\r\n".join(lines).encode()
 
-    async def _acquire(self, origin: Origin, fresh: bool = False) -> _Connection:
+    def _idle_connection(self, origin: Origin) -> _Connection | None:
+        idle = self._idle.get(origin)
+        if not idle:
+            return None
+        now = asyncio.get_running_loop().time()
+        while idle:
+            connection = idle.pop()
+            if connection.reusable and now - connection.idle_since < self.keepalive_expiry:
+                return connection
+            connection._close()
+        return None
+
+    async def _acquire(self, origin: Origin, fresh: bool) -> _Connection:
         if self._closed:
             raise ConnectError("the client is closed")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.read_timeout
         while True:
-            idle = None if fresh else self._idle.get(origin)
-            now = loop.time()
-            while idle:
-                connection = idle.pop()
-                if connection.reusable and now - connection.idle_since < self.keepalive_expiry:
-                    return connection
-                connection._close()
+            connection = None if fresh else self._idle_connection(origin)
+            if connection is not None:
+                return connection
             if self._open >= self.max_connections:
                 self._close_oldest_idle()
             if self._open < self.max_connections:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 
 from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
@@ -48,9 +49,14 @@ def today() -> dt.date:
     return utcnow().date()
 
 
+@functools.lru_cache(maxsize=4)
+def _midnight_after(day: dt.date) -> dt.datetime:
+    after = day + dt.timedelta(days=1)
+    return dt.datetime(after.year, after.month, after.day, tzinfo=dt.UTC)
+
+
 def next_reset() -> dt.datetime:
-    day = today() + dt.timedelta(days=1)
-    return dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC)
+    return _midnight_after(today())
 
 
 def user_subject(user_id: int) -> str:

@@ -8,6 +8,7 @@ each process, or run one process per port behind the load balancer.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -36,6 +37,7 @@ class _QueueDepth(Collector):
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self._children: dict[object, Any] = {}
         self.calls = Counter(
             "gateway_calls_total",
             "Calls by integration, endpoint and outcome (ok, or the error code).",
@@ -60,6 +62,19 @@ class Metrics:
             "Run-history rows of answered calls that could not be written (the database failed).",
             registry=self.registry,
         )
+
+    def count_call(self, integration: str, endpoint: str, outcome: str) -> None:
+        # labels() takes a lock and builds its key on every call: the children are kept here.
+        child = self._children.get((integration, endpoint, outcome))
+        if child is None:
+            child = self._children[(integration, endpoint, outcome)] = self.calls.labels(integration, endpoint, outcome)
+        child.inc()
+
+    def observe_upstream(self, integration: str, seconds: float) -> None:
+        child = self._children.get(integration)
+        if child is None:
+            child = self._children[integration] = self.upstream_latency.labels(integration)
+        child.observe(seconds)
 
     def watch_queue(self, read: Callable[[], dict[str, int]]) -> None:
         self.registry.register(_QueueDepth(read))

@@ -17,7 +17,10 @@ MAX_LIMIT = 100
 
 
 def _services(request: Request) -> Services:
-    return request.app.state.services
+    services: Services = request.app.state.services
+    # Run rows of answered calls may still wait for their group commit: this process shows its own.
+    services.batcher.flush()
+    return services
 
 
 def _visible(key: ApiKey, run: Run | None) -> Run | None:

@@ -34,6 +34,9 @@ class IntegrationOverrides:
     revoke_url: str | None = None
 
 
+NO_OVERRIDES = IntegrationOverrides()
+
+
 @dataclasses.dataclass(frozen=True)
 class Settings:
     secret_keys: tuple[str, ...]
@@ -70,7 +73,7 @@ class Settings:
         return self.public_url.startswith("https://")
 
     def overrides(self, integration: str) -> IntegrationOverrides:
-        return self.integrations.get(integration, IntegrationOverrides())
+        return self.integrations.get(integration, NO_OVERRIDES)
 
     def action_url(self, path: str) -> str:
         return self.public_url.rstrip("/") + path

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -17,6 +17,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from . import params
 from .settings import BUILTIN_INTEGRATIONS, Settings
 
 NAME = r"^[a-z][a-z0-9-]{0,62}$"  # no "_": GATEWAY_<NAME>_* maps "_" back to "-"
@@ -272,6 +273,11 @@ class CompiledEndpoint:
     params_schema: dict[str, Any]
     validator: Draft202012Validator
     segment_patterns: Mapping[str, re.Pattern[str] | None]
+    # params.compile_check: the fast yes for well-formed params.
+    check: Callable[[Any], bool]
+    defaults: Mapping[str, Any]
+    # (name, location) of the path and header params, whose values get checks of their own.
+    checked_locations: tuple[tuple[str, str], ...]
 
     @property
     def method(self) -> str:
@@ -371,6 +377,11 @@ def compile_spec(spec: Spec, source: Path) -> Integration:
             params_schema=schema,
             validator=Draft202012Validator(schema),
             segment_patterns=segment_patterns,
+            check=params.compile_check(endpoint),
+            defaults={n: p.default for n, p in endpoint.params.items() if p.default is not None},
+            checked_locations=tuple(
+                (n, p.location) for n, p in endpoint.params.items() if p.location in ("path", "header")
+            ),
         )
     return integration
 

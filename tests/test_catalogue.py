@@ -15,8 +15,9 @@ import pytest
 import yaml
 
 from gateway import catalogue
+from gateway.params import validate as validate_params
 from gateway.specs import ApiKeyAuth, OAuth2Auth, load_registry
-from gateway.upstream import build_request, validate_params
+from gateway.upstream import build_request
 
 ROOT = Path(__file__).resolve().parents[1]
 FOLDER = ROOT / "integrations"

@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from gateway.specs import load_registry
 from tests.conftest import Gateway
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def catalogue_endpoints():  # type: ignore[no-untyped-def]
+    return load_registry([ROOT / "integrations", ROOT / "tests" / "integrations", ROOT / "bench" / "specs"]).endpoints()
+
 
 ISSUE = {"repo": "acme/webapp", "title": "t"}
 
@@ -122,3 +132,42 @@ def test_multi_segment_file_paths(gateway: Gateway, account, provider) -> None:
     bad = gateway.call(secret, "github", "get_file_contents", {"repo": "acme/webapp", "path": "docs/../../admin"})
     assert bad.status_code == 400
     assert len(provider.api_requests()) == 1
+
+
+# The compiled check against jsonschema, across the whole catalogue.
+
+ODD_VALUES = [None, True, False, 0, 1, -1, 7, 1.0, 1.5, -2.5, "", "x", "acme/webapp", "x" * 300, [], [1], ["a"], {}]
+ODD_VALUES += [{"a": 1}, {"type": "doc"}, [{"a": "b"}], 10**12, "2025-01-06", "ok"]
+
+
+def _variants(endpoint):  # type: ignore[no-untyped-def]
+    base = endpoint.example_params()
+    yield base
+    yield {**base, "unknown_param": 1}
+    for name, param in endpoint.spec.params.items():
+        if name in base:
+            yield {k: v for k, v in base.items() if k != name}
+        values = [*ODD_VALUES, *(param.enum or [])]
+        for bound in (param.minimum, param.maximum, param.min_length, param.max_length):
+            if bound is not None:
+                values += [
+                    int(bound) - 1,
+                    int(bound),
+                    int(bound) + 1,
+                    "y" * max(int(bound) - 1, 0),
+                    "y" * (int(bound) + 1),
+                ]
+        for value in values:
+            yield {**base, name: value}
+
+
+@pytest.mark.parametrize("endpoint", catalogue_endpoints(), ids=lambda e: f"{e.integration.name}.{e.name}")
+def test_the_fast_check_never_accepts_what_jsonschema_refuses(endpoint) -> None:  # type: ignore[no-untyped-def]
+    accepted = 0
+    for params in _variants(endpoint):
+        if endpoint.check(params):
+            accepted += 1
+            assert endpoint.validator.is_valid(params), f"fast check accepted {params}"
+    # And it does the work: the documented example takes the fast path.
+    assert endpoint.check(endpoint.example_params())
+    assert accepted >= 1

@@ -62,15 +62,16 @@ def wait_all(engine, ids: list[str], timeout: float) -> dict[str, str]:  # type:
         time.sleep(0.2)
 
 
-def test_200_calls_4_queues_3_workers_once_each_and_in_order(pg, provider) -> None:
+def test_200_calls_8_queues_3_workers_once_each_and_in_order(pg, provider) -> None:
     url, engine, user_id, key_id = pg
-    # Two slots each: no worker can hold all four queues' heads, so every worker must take work.
-    # A worker claims for all its free slots at once; each call takes 50 ms so that the others,
-    # which learn of the work by polling, are not beaten to all of it.
+    # A worker claims for all its free slots at once and learns of other processes' work by
+    # polling. With two slots each and eight queues, two workers can never hold every queue's
+    # head, so the third always finds work when it polls: every worker must take some. Each
+    # call takes 50 ms, so a queue's 25 calls take longer than a poll interval.
     env = gateway_env(url, provider.url, SECRET, GATEWAY_WORKER_CONCURRENCY="2")
     workers = [GatewayProcess(["worker"], env) for _ in range(3)]
     try:
-        ids = [enqueue(engine, user_id, key_id, "record", f"q{seq % 4}", seq // 4, sleep=0.05) for seq in range(200)]
+        ids = [enqueue(engine, user_id, key_id, "record", f"q{seq % 8}", seq // 8, sleep=0.05) for seq in range(200)]
         statuses = wait_all(engine, ids, timeout=90)
     finally:
         for worker in workers:
@@ -78,9 +79,9 @@ def test_200_calls_4_queues_3_workers_once_each_and_in_order(pg, provider) -> No
     assert collections.Counter(statuses.values()) == {"completed": 200}
     seen = collections.Counter((q, s) for q, s, _, _ in provider.recorded)
     assert len(seen) == 200 and set(seen.values()) == {1}, "a call ran twice or not at all"
-    for queue in ("q0", "q1", "q2", "q3"):
+    for queue in (f"q{n}" for n in range(8)):
         calls = sorted((c for c in provider.recorded if c[0] == queue), key=lambda c: c[2])
-        assert [c[1] for c in calls] == list(range(50)), f"{queue} ran out of order"
+        assert [c[1] for c in calls] == list(range(25)), f"{queue} ran out of order"
         assert all(a[3] <= b[2] for a, b in zip(calls, calls[1:], strict=False)), f"{queue} overlapped"
     by_worker = collections.Counter(runs.get_any(engine, i).worker_id for i in ids)
     assert len(by_worker) == 3, f"not every worker took work: {by_worker}"
