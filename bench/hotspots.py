@@ -27,9 +27,7 @@ LAYERS = (
     ("sqlalchemy/", "SQLAlchemy"),
     ("sqlmodel/", "SQLModel"),
     ("pydantic", "pydantic"),
-    ("httpx_aiohttp/", "httpx-aiohttp"),
     ("httpx/", "HTTPX"),
-    ("aiohttp/", "aiohttp"),
     ("starlette/", "Starlette"),
     ("uvicorn/", "uvicorn"),
     ("cryptography/", "cryptography"),
@@ -97,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     spy = py_spy()
     generator = load.generator(args.load)
-    options = Options(args.duration, 2, [args.connections], [], generator, args.scale, False, 0, 0, False)
+    options = Options(args.duration, 2, [args.connections], [], generator, args.scale, False, 0, 0, False, 1)
     with tempfile.TemporaryDirectory(prefix="gateway-hotspots-") as tmp, Children() as children:
         run = Run(options, children, Path(tmp))
         upstream = run.start_upstream()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import statistics
 import subprocess
 import tempfile
 
@@ -59,6 +60,33 @@ class Measurement:
 
     def as_dict(self) -> dict[str, object]:
         return {**dataclasses.asdict(self), "rps": round(self.rps, 1)}
+
+
+def medians(measurements: list[Measurement]) -> list[Measurement]:
+    """One Measurement per (target, connections): the median of each figure over its rounds."""
+    groups: dict[tuple[str, int], list[Measurement]] = {}
+    for m in measurements:
+        groups.setdefault((m.target, m.connections), []).append(m)
+    out = []
+    for (target, connections), ms in groups.items():
+        middle = sorted(ms, key=lambda m: m.rps)[len(ms) // 2]
+        cpu = [m.cpu_us for m in ms if m.cpu_us is not None]
+        others = [m.others_cpu for m in ms if m.others_cpu is not None]
+        out.append(
+            Measurement(
+                target,
+                connections,
+                middle.requests,
+                middle.duration_s,
+                statistics.median(m.p50_ms for m in ms),
+                statistics.median(m.p99_ms for m in ms),
+                sum(m.errors for m in ms),
+                middle.generator,
+                statistics.median(cpu) if cpu else None,
+                max(others) if others else None,
+            )
+        )
+    return out
 
 
 def generator(preferred: str = "auto") -> str:

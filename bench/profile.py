@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top", type=int, default=40)
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
-    options = Options(1, 1, [1], [], "python", args.scale, False, 0, 0, False)
+    options = Options(1, 1, [1], [], "python", args.scale, False, 0, 0, False, 1)
     with tempfile.TemporaryDirectory(prefix="gateway-profile-") as tmp, Children() as children:
         run = Run(options, children, Path(tmp))
         upstream = run.start_upstream()

@@ -2,8 +2,10 @@
 
 It reads the caller's body, GETs the upstream's /fast and answers its bytes: what any
 Python proxy in front of an API must do at least. Served by uvicorn with the gateway's
-own options (`python -m uvicorn bench.proxy:app`). BENCH_PROXY_TRANSPORT picks the
-client's transport: `httpx` (HTTPX's default, httpcore) or `aiohttp` (httpx-aiohttp).
+own options (`python -m uvicorn bench.proxy:app`). BENCH_PROXY_CLIENT picks the client:
+`httpx` (an httpx.AsyncClient with HTTPX's default transport: the reference the targets
+are set against) or `gateway` (the gateway's own client, gateway/http_client.py: what
+forwarding alone costs the gateway).
 """
 
 from __future__ import annotations
@@ -18,34 +20,48 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from gateway import http_client
+from gateway.upstream import parse_base
+
 UPSTREAM = os.environ.get("BENCH_UPSTREAM_URL", "http://127.0.0.1:8001").rstrip("/")
-TRANSPORT = os.environ.get("BENCH_PROXY_TRANSPORT", "httpx")
+CLIENT = os.environ.get("BENCH_PROXY_CLIENT", "httpx")
 
 # The same timeouts and pool limits as the gateway's client.
 TIMEOUT = httpx.Timeout(30.0, connect=10.0)
 LIMITS = httpx.Limits(max_connections=200, max_keepalive_connections=50, keepalive_expiry=30)
 
 
-def make_client() -> httpx.AsyncClient:
-    transport = None
-    if TRANSPORT == "aiohttp":
-        from httpx_aiohttp import AiohttpTransport
-
-        transport = AiohttpTransport(limits=LIMITS, trust_env=False)
-    return httpx.AsyncClient(timeout=TIMEOUT, limits=LIMITS, transport=transport, trust_env=False)
-
-
 @contextlib.asynccontextmanager
 async def lifespan(app: Starlette) -> AsyncIterator[None]:
-    async with make_client() as client:
-        app.state.client = client
+    if CLIENT == "gateway":
+        async with http_client.Client(connect_timeout=10.0, read_timeout=30.0, max_connections=200) as client:
+            app.state.forward = _forward_with(client)
+            yield
+        return
+    async with httpx.AsyncClient(timeout=TIMEOUT, limits=LIMITS, trust_env=False) as client:
+
+        async def forward() -> tuple[int, bytes]:
+            upstream = await client.get(f"{UPSTREAM}/fast")
+            return upstream.status_code, upstream.content
+
+        app.state.forward = forward
         yield
+
+
+def _forward_with(client: http_client.Client):  # type: ignore[no-untyped-def]
+    origin, _ = parse_base(UPSTREAM)
+
+    async def forward() -> tuple[int, bytes]:
+        upstream = await client.request("GET", origin, "/fast")
+        return upstream.status, upstream.content
+
+    return forward
 
 
 async def proxy(request: Request) -> Response:
     await request.body()
-    upstream = await request.app.state.client.get(f"{UPSTREAM}/fast")
-    return Response(upstream.content, status_code=upstream.status_code, media_type="application/json")
+    status, content = await request.app.state.forward()
+    return Response(content, status_code=status, media_type="application/json")
 
 
 app = Starlette(routes=[Route("/proxy", proxy, methods=["GET", "POST"])], lifespan=lifespan)

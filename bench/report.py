@@ -62,6 +62,25 @@ def rows(results: list[Measurement]) -> list[dict[str, Any]]:
     return out
 
 
+def ratio_spread(rounds: list[Measurement]) -> list[str]:
+    """Per-round ratios to the bare proxy (measured minutes apart), so their spread is visible."""
+    lines = []
+    targets = sorted({m.target for m in rounds} - {REFERENCE, DIRECT})
+    for connections in sorted({m.connections for m in rounds}):
+        references = [m for m in rounds if m.target == REFERENCE and m.connections == connections]
+        for target in targets:
+            ours = [m for m in rounds if m.target == target and m.connections == connections]
+            if len(ours) < 2 or len(references) != len(ours):
+                continue
+            ratios = [m.rps / r.rps for m, r in zip(ours, references, strict=True) if r.rps]
+            if ratios:
+                lines.append(
+                    f"{target} ÷ {REFERENCE} at {connections} connections, round by round: "
+                    + ", ".join(f"{x:.2f}×" for x in ratios)
+                )
+    return lines
+
+
 def _optional(value: float | None, fmt: str) -> str:
     return "" if value is None else format(value, fmt)
 

@@ -32,7 +32,7 @@ from .processes import (
     machine_busy_seconds,
 )
 
-TARGETS = ("direct", "proxy-httpx", "proxy-aiohttp", "gateway")
+TARGETS = ("direct", "proxy-httpx", "proxy-client", "gateway")
 
 
 @dataclasses.dataclass
@@ -47,12 +47,16 @@ class Options:
     queue_calls: int
     queue_workers: int
     memory: bool
+    rounds: int
 
 
 def parse(argv: list[str] | None) -> tuple[Options, argparse.Namespace]:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a tiny load: 1 s per run, 500 queued calls")
     parser.add_argument("--duration", type=float, help="seconds per measurement (default 10, --quick 1)")
+    parser.add_argument(
+        "--rounds", type=int, help="measurements per figure, whose median is shown (default 3, --quick 1)"
+    )
     parser.add_argument("--connections", default="1,32,64", help="comma-separated connection counts")
     parser.add_argument("--targets", default=",".join(TARGETS), help=f"comma-separated, from {', '.join(TARGETS)}")
     parser.add_argument("--load", choices=["auto", "wrk", "python"], default="auto", help="load generator")
@@ -82,6 +86,7 @@ def parse(argv: list[str] | None) -> tuple[Options, argparse.Namespace]:
         queue_calls=args.queue_calls or (500 if args.quick else 10_000),
         queue_workers=args.queue_workers,
         memory=not args.no_memory and "gateway" in targets,
+        rounds=args.rounds or (1 if args.quick else 3),
     )
     return options, args
 
@@ -89,7 +94,7 @@ def parse(argv: list[str] | None) -> tuple[Options, argparse.Namespace]:
 def budget(options: Options) -> float:
     """A generous bound on the whole run, so a hung process cannot keep it going."""
     servers = len(options.targets) + (1 if options.scale else 0)
-    per_server = 60 + options.warmup + len(options.connections) * (max(options.duration, 1) + 15)
+    per_server = 60 + options.warmup + options.rounds * len(options.connections) * (max(options.duration, 1) + 15)
     return 120 + servers * per_server + (120 if options.scale else 0) + (options.queue_calls / 20 + 180) * options.queue
 
 
@@ -99,6 +104,8 @@ class Run:
         self.children = children
         self.tmp = tmp
         self.results: list[load.Measurement] = []
+        self.rounds: list[load.Measurement] = []
+        self.secrets: dict[str, str] = {}
         self.rss: dict[str, dict[str, int]] = {}
         self.extra: dict[str, Any] = {}
         self.upstream: Child | None = None
@@ -116,12 +123,12 @@ class Run:
         self.upstream.wait_ready("/health")
         return url
 
-    def start_proxy(self, name: str, upstream: str, transport: str) -> Child:
+    def start_proxy(self, name: str, upstream: str, client: str) -> Child:
         port = free_port()
         # The gateway's own uvicorn options: `gateway serve` calls uvicorn.run(app, host, port, log_level, proxy_headers).
         args = [PYTHON, "-m", "uvicorn", "bench.proxy:app", "--host", "127.0.0.1", "--port", str(port)]
         args += ["--log-level", "warning", "--no-proxy-headers"]
-        env = base_env(BENCH_UPSTREAM_URL=upstream, BENCH_PROXY_TRANSPORT=transport)
+        env = base_env(BENCH_UPSTREAM_URL=upstream, BENCH_PROXY_CLIENT=client)
         child = self.children.start(name, args, env, f"http://127.0.0.1:{port}")
         child.wait_ready("/proxy")
         return child
@@ -147,50 +154,62 @@ class Run:
         child.wait_ready("/v1/integrations")
         return child, account.secret
 
-    def measure(self, target: str, request: load.Request, server: Child) -> None:
-        load.check_answer(request)
-        options = self.options
-        peak = max(options.connections)
-        load.measure(options.generator, f"{target} warm-up", request, peak, options.warmup)
+    def measure(self, target: str, request: load.Request, server: Child, connections: int) -> load.Measurement:
         ours = [server] if server is self.upstream or self.upstream is None else [server, self.upstream]
-        for connections in options.connections:
-            cpu, busy, spawned = [c.cpu() for c in ours], machine_busy_seconds(), children_cpu_seconds()
-            started = time.monotonic()
-            m = load.measure(options.generator, target, request, connections, options.duration)
-            elapsed = time.monotonic() - started
-            used = [c.cpu() - before for c, before in zip(ours, cpu, strict=True)]
-            others = machine_busy_seconds() - busy - sum(used) - (children_cpu_seconds() - spawned)
-            m.cpu_us = used[0] / m.requests * 1e6 if m.requests else None
-            m.others_cpu = max(others, 0.0) / (elapsed * self.machine_cpus)
-            self.log(
-                f"{target:<14} c={connections:<3} {m.rps:>9,.0f} req/s  p50 {m.p50_ms:.3f} ms  p99 {m.p99_ms:.3f} ms"
-                f"  {m.cpu_us or 0:,.0f} µs CPU/req  (others used {m.others_cpu:.0%} of the CPUs)"
-            )
-            self.results.append(m)
+        cpu, busy, spawned = [c.cpu() for c in ours], machine_busy_seconds(), children_cpu_seconds()
+        started = time.monotonic()
+        m = load.measure(self.options.generator, target, request, connections, self.options.duration)
+        elapsed = time.monotonic() - started
+        used = [c.cpu() - before for c, before in zip(ours, cpu, strict=True)]
+        others = machine_busy_seconds() - busy - sum(used) - (children_cpu_seconds() - spawned)
+        m.cpu_us = used[0] / m.requests * 1e6 if m.requests else None
+        m.others_cpu = max(others, 0.0) / (elapsed * self.machine_cpus)
+        self.log(
+            f"{target:<14} c={connections:<3} {m.rps:>9,.0f} req/s  p50 {m.p50_ms:.3f} ms  p99 {m.p99_ms:.3f} ms"
+            f"  {m.cpu_us or 0:,.0f} µs CPU/req  (others used {m.others_cpu:.0%} of the CPUs)"
+        )
+        return m
 
     def http(self) -> None:
+        """Every target runs at once (idle while another is measured); the rounds go target after
+        target at each connection count, so that a slower minute on a shared machine falls on all
+        of them alike. Each figure is the median of its rounds."""
         upstream = self.start_upstream()
+        assert self.upstream is not None
+        servers: dict[str, tuple[Child, load.Request]] = {}
         for target in [*self.options.targets, *(["gateway-scale"] if self.options.scale else [])]:
-            self.log(f"measuring {target}")
+            self.log(f"starting {target}")
             if target == "direct":
-                assert self.upstream is not None
-                self.measure(target, load.Request(f"{upstream}/fast"), self.upstream)
-                self.rss["upstream"] = self.upstream.memory()
-                continue
-            if target.startswith("proxy-"):
-                child = self.start_proxy(target, upstream, target.removeprefix("proxy-"))
-                self.measure(target, load.Request(f"{child.url}/proxy"), child)
+                servers[target] = (self.upstream, load.Request(f"{upstream}/fast"))
+            elif target.startswith("proxy-"):
+                child = self.start_proxy(target, upstream, "httpx" if target == "proxy-httpx" else "gateway")
+                servers[target] = (child, load.Request(f"{child.url}/proxy"))
             else:
                 child, secret = self.start_gateway(target, upstream, scale=target == "gateway-scale")
                 request = load.Request(f"{child.url}/v1/bench/fast", body=data.CALL_BODY)
                 request.headers["Authorization"] = f"Bearer {secret}"
-                self.measure(target, request, child)
-                if target == "gateway" and self.options.memory:
-                    self.rss[target] = child.memory()
-                    self.log("50 MB upstream answers")
-                    self.extra["big_responses"] = memory.big_responses(child, secret)
-            self.rss[target] = child.memory()
-            self.children.stop(child)
+                servers[target] = (child, request)
+                self.secrets[target] = secret
+        for target, (_, request) in servers.items():
+            load.check_answer(request)
+            load.measure(
+                self.options.generator, f"{target} warm-up", request, max(self.options.connections), self.options.warmup
+            )
+        for round_number in range(1, self.options.rounds + 1):
+            self.log(f"round {round_number} of {self.options.rounds}")
+            for connections in self.options.connections:
+                for target, (child, request) in servers.items():
+                    self.rounds.append(self.measure(target, request, child, connections))
+        self.results = load.medians(self.rounds)
+        for target, (child, _) in servers.items():
+            self.rss[target if child is not self.upstream else "upstream"] = child.memory()
+        if self.options.memory and "gateway" in servers:
+            self.log("50 MB upstream answers")
+            self.extra["big_responses"] = memory.big_responses(servers["gateway"][0], self.secrets["gateway"])
+            self.rss["gateway"] = servers["gateway"][0].memory()
+        for child, _ in servers.values():
+            if child is not self.upstream:
+                self.children.stop(child)
 
     def queue(self) -> None:
         upstream = self.upstream.url if self.upstream else self.start_upstream()
@@ -205,12 +224,17 @@ def render(options: Options, run: Run, machine: dict[str, Any], markdown: bool) 
     source = "wrk" if options.generator == "wrk" else "bench/pyload.py"
     out.append(
         f"{machine['nproc']} CPUs ({machine['cpu']}), {machine['memory_gib']} GiB; load from {source}, "
-        f"{options.duration:g} s per measurement after a {options.warmup:g} s warm-up; loopback only."
+        f"{options.duration:g} s per measurement after a {options.warmup:g} s warm-up, median of "
+        f"{options.rounds} round{'s' if options.rounds > 1 else ''}; loopback only."
     )
     out.append("")
     if run.results:
         out.append(report.table(run.results, markdown=markdown))
         out.append("")
+        spread = report.ratio_spread(run.rounds)
+        if spread:
+            out += [("- " if markdown else "") + line for line in spread]
+            out.append("")
         others = [m.others_cpu for m in run.results if m.others_cpu is not None]
         if others:
             note = " (the machine was shared: CPU µs/req compares better than req/s)" if max(others) > 0.1 else ""
@@ -261,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
             "machine": machine,
             "options": dataclasses.asdict(options),
             "results": report.rows(run.results),
+            "rounds": report.rows(run.rounds),
             "rss_kib": run.rss,
             **run.extra,
         }

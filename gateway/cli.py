@@ -63,6 +63,14 @@ def cmd_serve(args: argparse.Namespace, settings: settings_module.Settings) -> i
     return 0
 
 
+def _loop_factory():  # type: ignore[no-untyped-def]
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover (uvicorn[standard] brings it)
+        return None
+    return uvloop.new_event_loop
+
+
 def cmd_worker(args: argparse.Namespace, settings: settings_module.Settings) -> int:
     import asyncio
     import signal
@@ -88,7 +96,9 @@ def cmd_worker(args: argparse.Namespace, settings: settings_module.Settings) -> 
             services.batcher.close()
         engine.dispose()
 
-    asyncio.run(run())
+    # The event loop `gateway serve` runs on (uvicorn picks uvloop when it is installed).
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        runner.run(run())
     return 0
 
 

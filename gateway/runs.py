@@ -51,6 +51,8 @@ class RunRecord:
     keep_result: bool = False
     # Set by workers: approval and daily limits were settled when the call was queued.
     from_queue: bool = False
+    # The stored row once finished (stored records only); None if another worker owns it now.
+    finished: Run | None = None
 
     @classmethod
     def start(cls) -> RunRecord:
@@ -71,7 +73,7 @@ class RunRecord:
 
 
 _STORED_FIELDS = tuple(
-    f.name for f in dataclasses.fields(RunRecord) if f.name not in ("stored", "keep_result", "from_queue")
+    f.name for f in dataclasses.fields(RunRecord) if f.name not in ("stored", "keep_result", "from_queue", "finished")
 )
 
 
@@ -103,7 +105,9 @@ def save(engine: Engine, box: Box, record: RunRecord, body: dict[str, Any] | Non
             if record.worker_id is not None:
                 # A worker whose lease was taken over must not overwrite the new owner's result.
                 statement = statement.where(Run.worker_id == record.worker_id, Run.status == "running")
-            c.execute(statement.values(**values))
+            # The row as written, for what runs after it (waitpoints, callbacks): no second read.
+            row = c.execute(statement.values(**values).returning(*Run.__table__.columns)).first()
+            record.finished = Run(**row._mapping) if row else None
         else:
             values["created_at"] = record.started_at
             c.execute(Run.__table__.insert().values(**values))
@@ -210,30 +214,38 @@ def _claim_statement(postgresql: bool) -> Any:
     queue with nothing of its queue running. Two candidates never share a queue (the younger
     one has an older pending call), and two workers never take the same run: the rows are
     locked and skipped (`FOR UPDATE SKIP LOCKED`) on PostgreSQL, and SQLite runs the one
-    statement under its write lock. Built once per dialect: building it cost more than running it."""
-    other = aliased(Run)
+    statement under its write lock. Built once per dialect: building it cost more than running it.
+    tests/test_queue.py holds it to its limit on both databases."""
+    # Aliases throughout: a subquery naming `runs` itself would be correlated with the UPDATE's
+    # own row, and every runnable row would then pick itself.
+    queued, other = aliased(Run, name="queued"), aliased(Run, name="other")
     blocked = exists().where(
-        other.user_id == Run.user_id,
-        other.queue_name == Run.queue_name,
+        other.user_id == queued.user_id,
+        other.queue_name == queued.queue_name,
         is_active(other.status),
-        or_(other.status == "running", and_(other.status == "pending", other.id < Run.id)),
+        or_(other.status == "running", and_(other.status == "pending", other.id < queued.id)),
     )
     candidates = (
-        select(Run.id)
+        select(queued.id)
         .where(
-            Run.status == "pending",
-            is_active(Run.status),
-            or_(Run.approval.is_(None), Run.approval == "approved"),
+            queued.status == "pending",
+            is_active(queued.status),
+            or_(queued.approval.is_(None), queued.approval == "approved"),
             ~blocked,
         )
-        .order_by(Run.id)
+        .order_by(queued.id)
         .limit(bindparam("limit"))
     )
     if postgresql:
-        candidates = candidates.with_for_update(skip_locked=True)
+        # A CTE runs once. As `id IN (subquery)` PostgreSQL may run the locking subquery again
+        # for each row, skipping the rows it already took, and so take every runnable call.
+        picked = candidates.with_for_update(skip_locked=True).cte("picked")
+        chosen = Run.id == picked.c.id
+    else:
+        chosen = Run.id.in_(candidates)
     return (
         update(Run)
-        .where(Run.id.in_(candidates), Run.status == "pending")
+        .where(chosen, Run.status == "pending")
         .values(
             status="running",
             worker_id=bindparam("worker_id"),

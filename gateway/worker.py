@@ -178,11 +178,13 @@ class Worker:
                     await execute(services, key, run.integration, run.endpoint, request.get("params", {}), record)
         except Exception:
             logger.exception("queued call %s failed in the worker", run.id)
-        await self.after(run)
+        # The row this worker wrote; re-read only when the call ended some other way.
+        await self.after(run, record.finished)
 
-    async def after(self, run: Run) -> None:
+    async def after(self, run: Run, finished: Run | None = None) -> None:
         """Callbacks and waitpoints for a finished run, off the queue's critical path."""
-        finished = runs.get_any(self.services.engine, run.id)
+        if finished is None:
+            finished = runs.get_any(self.services.engine, run.id)
         if finished is None or finished.status not in runs.TERMINAL:
             return
         hooks = self.services.run_finished_hooks

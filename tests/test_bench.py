@@ -16,7 +16,7 @@ import pytest
 from tests.conftest import postgres_available
 
 ROOT = Path(__file__).resolve().parents[1]
-TARGETS = ["direct", "proxy-httpx", "proxy-aiohttp", "gateway"]
+TARGETS = ["direct", "proxy-httpx", "proxy-client", "gateway"]
 
 pytestmark = pytest.mark.slow
 
@@ -59,10 +59,28 @@ def test_quick_run_prints_the_table_for_every_target(tmp_path: Path) -> None:
 
 
 def test_the_python_load_generator_measures_too(tmp_path: Path) -> None:
-    _, result = bench(tmp_path, "--load", "python", "--targets", "direct,gateway", "--connections", "4", "--no-memory")
-    assert [(r["target"], r["connections"]) for r in result["results"]] == [("direct", 4), ("gateway", 4)]
+    stdout, result = bench(
+        tmp_path,
+        "--load",
+        "python",
+        "--targets",
+        "direct,proxy-httpx,gateway",
+        "--connections",
+        "4",
+        "--rounds",
+        "2",
+        "--no-memory",
+    )
+    assert [(r["target"], r["connections"]) for r in result["results"]] == [
+        ("direct", 4),
+        ("proxy-httpx", 4),
+        ("gateway", 4),
+    ]
     assert all(r["rps"] > 0 and r["errors"] == 0 for r in result["results"])
     assert result["options"]["generator"] == "python"
+    # Two rounds of each, the table showing their medians and the gateway's ratio round by round.
+    assert len(result["rounds"]) == 6
+    assert "gateway ÷ proxy-httpx at 4 connections, round by round: " in stdout
 
 
 def test_data_scale_mode_adds_the_gateway_on_a_full_database(tmp_path: Path) -> None:

@@ -332,3 +332,35 @@ def test_cancel_never_races_a_claim(settings) -> None:
     engine.dispose()
     # Both sides won some rounds, so the race really was exercised.
     assert 0 < sum(outcomes) < len(outcomes)
+
+
+@pytest.mark.parametrize("database_url", ["sqlite", "postgres"], indirect=True)
+def test_a_claim_takes_its_limit_one_head_per_queue_oldest_first(settings) -> None:
+    # No server here: its worker would claim these runs too.
+    from gateway import db, users
+    from gateway.crypto import Box
+
+    engine = db.make_engine(settings.database_url)
+    db.upgrade(engine)
+    box = Box(settings.secret_keys)
+    user_id = users.create(engine, "claims@example.com", "correct horse battery").id
+    made: dict[str, list[str]] = {}
+    for seq in range(40):
+        record = RunRecord.start()
+        record.user_id, record.integration, record.endpoint = user_id, "fakeapi", "text"
+        record.queue_name = f"q{seq % 8}"
+        runs.create_pending(engine, box, record=record, params={})
+        made.setdefault(record.queue_name, []).append(record.id)
+    lease = runs.dt.timedelta(seconds=30)
+
+    first = runs.claim_many(engine, "w1", lease, 3)
+    assert [r.id for r in first] == [made[q][0] for q in ("q0", "q1", "q2")]
+    assert all(r.status == "running" and r.worker_id == "w1" for r in first)
+    second = runs.claim_many(engine, "w2", lease, 3)
+    assert [r.id for r in second] == [made[q][0] for q in ("q3", "q4", "q5")]
+    # More room than runnable calls: only the two heads left, never a second call of a busy queue.
+    rest = runs.claim_many(engine, "w3", lease, 10)
+    assert [r.id for r in rest] == [made["q6"][0], made["q7"][0]]
+    assert runs.claim_many(engine, "w3", lease, 10) == []
+    assert runs.queue_depth(engine) == {"running": 8, "pending": 32}
+    engine.dispose()

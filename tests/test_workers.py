@@ -64,14 +64,14 @@ def wait_all(engine, ids: list[str], timeout: float) -> dict[str, str]:  # type:
 
 def test_200_calls_8_queues_3_workers_once_each_and_in_order(pg, provider) -> None:
     url, engine, user_id, key_id = pg
-    # A worker claims for all its free slots at once and learns of other processes' work by
-    # polling. With two slots each and eight queues, two workers can never hold every queue's
-    # head, so the third always finds work when it polls: every worker must take some. Each
-    # call takes 50 ms, so a queue's 25 calls take longer than a poll interval.
+    # The calls wait before the workers start, and a worker claims for all its free slots at once.
+    # With two slots each and eight queues, the others can never hold every queue's head, so
+    # each worker finds work at its first claim: every worker must take some. Each call takes
+    # 100 ms, so the queues outlast the workers' start-up.
+    ids = [enqueue(engine, user_id, key_id, "record", f"q{seq % 8}", seq // 8, sleep=0.1) for seq in range(200)]
     env = gateway_env(url, provider.url, SECRET, GATEWAY_WORKER_CONCURRENCY="2")
     workers = [GatewayProcess(["worker"], env) for _ in range(3)]
     try:
-        ids = [enqueue(engine, user_id, key_id, "record", f"q{seq % 8}", seq // 8, sleep=0.05) for seq in range(200)]
         statuses = wait_all(engine, ids, timeout=90)
     finally:
         for worker in workers:
