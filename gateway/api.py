@@ -16,6 +16,7 @@ from starlette.routing import Route
 from . import approvals, callbacks, keys, limits, links, runs, waitpoints
 from .errors import BadRequest, IdempotencyInProgress, IdempotencyMismatch, NotFound, ScopeNotAllowed
 from .execute import execute, resolve
+from .jsoncodec import JSONAnswer
 from .models import ApiKey, Run, utcnow
 from .openapi import describe_endpoint, describe_integration, openapi_document
 from .params import validate as validate_params
@@ -163,7 +164,7 @@ async def call_endpoint(request: Request) -> Response:
             raise
         return _replay(services, existing, idempotency[1])  # type: ignore[index]
     result = await execute(services, key, integration, endpoint_name, body.get("params", {}), record)
-    return JSONResponse(result.body, status_code=result.http_status, headers=result.headers)
+    return JSONAnswer(result.body, status_code=result.http_status, headers=result.headers)
 
 
 async def start_connection(request: Request) -> Response:

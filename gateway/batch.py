@@ -31,7 +31,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import Table
+from sqlalchemy import DateTime, Table
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 
@@ -40,9 +40,45 @@ from .models import DailyUsage, Run
 logger = logging.getLogger("gateway.batch")
 
 Subjects = list[tuple[str, int | None]]
+# Columns only queued and held calls fill (runs.create_pending). A direct call's row leaves them
+# NULL, and an INSERT naming 19 columns instead of 28 costs ~8 µs less per row on SQLite (bench).
+QUEUED_ONLY = frozenset(
+    {
+        "request",
+        "lease_until",
+        "expires_at",
+        "callback_url",
+        "idempotency_key",
+        "request_hash",
+        "waitpoint_id",
+        "approval",
+        "approval_expires_at",
+    }
+)
 # How long a write waits for other calls in flight to join its commit. Without it, under load
 # each flush held about one write (bench: 2 commits a call); with it, about twenty.
 GROUP_DELAY = 0.0005
+
+
+def _processor(column: Any, dialect: Any) -> Callable[[Any], Any] | None:
+    process = column.type.dialect_impl(dialect).bind_processor(dialect)
+    if process is None or not isinstance(getattr(column.type, "impl", column.type), DateTime):
+        return process
+    return _faster_datetime(process)
+
+
+def _aware_utc_text(value: dt.datetime) -> str:
+    if value.utcoffset() is None:
+        raise ValueError("Datetime values must have timezone information.")
+    return value.astimezone(dt.UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+
+
+def _faster_datetime(process: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """SQLite stores datetimes as text, which SQLAlchemy's processors write in ~3 µs each, three
+    per row. isoformat writes the same text in a fifth of that: used only if, for a probe, it
+    writes exactly what SQLAlchemy writes."""
+    probe = dt.datetime(2026, 1, 2, 3, 4, 5, 60, tzinfo=dt.timezone(dt.timedelta(hours=2)))
+    return _aware_utc_text if process(probe) == _aware_utc_text(probe) else process
 
 
 class Statements:
@@ -60,12 +96,13 @@ class Statements:
         self.create = f"INSERT INTO {usage} (subject, day, count) VALUES ({mark}, {mark}, 0) ON CONFLICT DO NOTHING"
         self.decrement = f"UPDATE {usage} SET count = count - 1 WHERE subject = {mark} AND day = {mark} AND count > 0"
         table: Table = Run.__table__  # type: ignore[assignment]
-        self.run_columns = [c.name for c in table.columns]
+        columns = [c for c in table.columns if c.name not in QUEUED_ONLY]
+        self.run_columns = [c.name for c in columns]
         self.insert_run = (
             f"INSERT INTO {table.name} ({', '.join(self.run_columns)}) "
             f"VALUES ({', '.join(mark for _ in self.run_columns)})"
         )
-        processors = [c.type.dialect_impl(dialect).bind_processor(dialect) for c in table.columns]
+        processors = [_processor(c, dialect) for c in columns]
         self.run_processors: list[tuple[int, Callable[[Any], Any]]] = [
             (index, process) for index, process in enumerate(processors) if process is not None
         ]
@@ -104,7 +141,12 @@ class Batcher:
         no subject was counted)."""
         future: asyncio.Future[list[int] | int] = asyncio.get_running_loop().create_future()
         self._counts.append((subjects, self.sql.day_processor(day), future))
-        self._schedule()
+        if self.calls <= 1:
+            # Alone in the process: nothing can join this commit, so waiting a turn of the loop
+            # would only add to the call's latency.
+            self.flush()
+        else:
+            self._schedule()
         return future
 
     def refund(self, subjects: list[str], day: dt.date) -> None:
@@ -182,10 +224,12 @@ class Batcher:
         try:
             if rows:
                 cursor.executemany(self.sql.insert_run, rows)
-            results = [self._count(cursor, subjects, day) for subjects, day, _ in counts]
+            # Refunds first: each gives back a call counted in an earlier commit, and a count
+            # queued after it must see that room.
             for subjects, day in refunds:
                 for subject in subjects:
                     cursor.execute(self.sql.decrement, (subject, day))
+            results = [self._count(cursor, subjects, day) for subjects, day, _ in counts]
             connection.commit()
             return results
         except BaseException:

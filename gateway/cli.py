@@ -47,6 +47,7 @@ def cmd_serve(args: argparse.Namespace, settings: settings_module.Settings) -> i
             workers=args.workers,
             log_level=settings.log_level.lower(),
             access_log=access_log,
+            server_header=False,
             proxy_headers=args.proxy_headers,
         )
     else:
@@ -58,6 +59,7 @@ def cmd_serve(args: argparse.Namespace, settings: settings_module.Settings) -> i
             port=args.port,
             log_level=settings.log_level.lower(),
             access_log=access_log,
+            server_header=False,
             proxy_headers=args.proxy_headers,
         )
     return 0

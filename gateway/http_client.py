@@ -28,7 +28,7 @@ import functools
 import re
 import ssl
 import zlib
-from typing import Any
+from typing import Any, NamedTuple
 
 import httptools
 
@@ -74,18 +74,23 @@ class _ClosedBeforeAnswer(RemoteProtocolError):
     """The connection closed before any byte of the answer: the request may not have been read."""
 
 
-@dataclasses.dataclass(frozen=True)
-class Origin:
+class Origin(NamedTuple):
+    # A tuple: the pool looks origins up on every call, and a dataclass hashes in Python.
     scheme: str
     host: str
     port: int
 
-    @functools.cached_property
+    @property
     def host_header(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        if not host.isascii():
-            host = host.encode("idna").decode("ascii")
-        return host if self.port == DEFAULT_PORTS[self.scheme] else f"{host}:{self.port}"
+        return _host_header(self)
+
+
+@functools.lru_cache(maxsize=1024)
+def _host_header(origin: Origin) -> str:
+    host = f"[{origin.host}]" if ":" in origin.host else origin.host
+    if not host.isascii():
+        host = host.encode("idna").decode("ascii")
+    return host if origin.port == DEFAULT_PORTS[origin.scheme] else f"{host}:{origin.port}"
 
 
 @dataclasses.dataclass(slots=True)

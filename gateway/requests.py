@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
 from typing import Any
 
 from starlette.requests import ClientDisconnect, Request
 
-from . import keys
+from . import jsoncodec, keys
 from .errors import BadRequest, Unauthorized
 from .models import ApiKey
 from .services import Services
@@ -66,7 +65,7 @@ async def json_object(request: Request) -> dict[str, Any]:
     if not raw:
         return {}
     try:
-        body = json.loads(raw)
+        body = jsoncodec.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest(f"The body is not valid JSON: {exc}.") from None
     if not isinstance(body, dict):

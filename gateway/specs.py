@@ -278,6 +278,10 @@ class CompiledEndpoint:
     defaults: Mapping[str, Any]
     # (name, location) of the path and header params, whose values get checks of their own.
     checked_locations: tuple[tuple[str, str], ...]
+    # For building requests: the integration's and the endpoint's headers merged, and
+    # (name, upstream name, location, explode) of every query, header and body param.
+    headers: Mapping[str, str]
+    routes: tuple[tuple[str, str, str, bool], ...]
 
     @property
     def method(self) -> str:
@@ -365,6 +369,10 @@ def compile_spec(spec: Spec, source: Path) -> Integration:
             Draft202012Validator.check_schema(schema)
         except SchemaError as exc:
             raise SpecError(f"{source}: endpoints.{name}.params: {exc.message}") from None
+        headers = {**spec.headers, **endpoint.headers}
+        for header, value in headers.items():
+            if params.CONTROL.search(header) or params.CONTROL.search(value):
+                raise SpecError(f"{source}: endpoints.{name}.headers: '{header}' holds control characters")
         segment_patterns = {
             pname: re.compile(p.pattern) if p.pattern else None
             for pname, p in endpoint.params.items()
@@ -381,6 +389,10 @@ def compile_spec(spec: Spec, source: Path) -> Integration:
             defaults={n: p.default for n, p in endpoint.params.items() if p.default is not None},
             checked_locations=tuple(
                 (n, p.location) for n, p in endpoint.params.items() if p.location in ("path", "header")
+            ),
+            headers=headers,
+            routes=tuple(
+                (n, p.name or n, p.location, p.explode) for n, p in endpoint.params.items() if p.location != "path"
             ),
         )
     return integration

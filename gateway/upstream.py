@@ -16,7 +16,7 @@ from urllib.parse import parse_qsl, quote, quote_plus, urlencode, urlsplit
 
 import httpx
 
-from . import http_client
+from . import http_client, jsoncodec
 from .errors import BadRequest, UpstreamResponseTooLarge, UpstreamTimeout, UpstreamUnreachable
 from .http_client import Origin
 from .params import CONTROL, PATH_FORBIDDEN
@@ -56,7 +56,7 @@ class UpstreamRequest:
         headers = list(self.headers.items())
         content: bytes | None = None
         if self.json_body is not None:
-            content = json.dumps(self.json_body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+            content = jsoncodec.dumps(self.json_body)
             media = "application/json"
         elif self.form_body is not None:
             content = urlencode(self.form_body, doseq=True).encode()
@@ -155,25 +155,25 @@ def build_request(
     origin, base_path = parse_base(resolve_base_url(base_url, connection_extra))
     path = base_path + render_path(endpoint, params)
 
-    headers = {**endpoint.integration.spec.headers, **spec.headers}
+    # The spec's own headers were checked when it was loaded, and header params by params.validate.
+    headers = dict(endpoint.headers)
     query: list[tuple[str, str]] = list(spec.query.items())
     body: dict[str, Any] = {}
-    for name, param in spec.params.items():
+    for name, upstream_name, location, explode in endpoint.routes:
         if name not in params:
             continue
         value = params[name]
-        upstream_name = param.name or name
-        if param.location == "query":
-            query.extend(_query_values(upstream_name, value, param.explode))
-        elif param.location == "header":
+        if location == "query":
+            query.extend(_query_values(upstream_name, value, explode))
+        elif location == "header":
             headers[upstream_name] = _scalar(value)
-        elif param.location == "body":
+        else:
             body[upstream_name] = value
-    headers.update(auth_headers or {})
-    query.extend(auth_query or [])
-    for key, value in headers.items():
+    for key, value in (auth_headers or {}).items():
         if CONTROL.search(key) or CONTROL.search(value):
             raise BadRequest(f"Header '{key}' holds control characters.")
+        headers[key] = value
+    query.extend(auth_query or [])
 
     request = UpstreamRequest(method=spec.method, origin=origin, path=path, headers=headers, query=query)
     if spec.graphql is not None:
@@ -236,7 +236,7 @@ def decode_body(content: bytes, content_type: str) -> Any:
     media = content_type.split(";")[0].strip().lower()
     if media == "application/json" or media.endswith("+json"):
         try:
-            return json.loads(content)
+            return jsoncodec.loads(content)
         except ValueError:
             pass
     return content.decode("utf-8", errors="replace")

@@ -1,0 +1,167 @@
+"""The hot path's group commit (gateway/batch.py) on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import select, text
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError
+
+from gateway import db, limits, runs, users
+from gateway.batch import Batcher
+from gateway.crypto import Box
+from gateway.models import DailyUsage, Run
+from gateway.runs import RunRecord
+
+BOX = Box(("batch-test-secret-" + "b" * 32,))
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    engine = db.make_engine(database_url)
+    db.upgrade(engine)
+    yield engine
+    engine.dispose()
+
+
+def _record(user_id: int, **changes: object) -> RunRecord:
+    record = RunRecord.start()
+    record.user_id, record.integration, record.endpoint = user_id, "fakeapi", "echo"
+    record.attempts, record.upstream_status, record.error_code = 1, 404, "upstream_error"
+    for name, value in changes.items():
+        setattr(record, name, value)
+    record.finish("failed", 404)
+    return record
+
+
+def _stored(engine: Engine, run_id: str) -> dict[str, object]:
+    with engine.connect() as c:
+        return dict(c.execute(text("SELECT * FROM runs WHERE id = :id"), {"id": run_id}).one()._mapping)
+
+
+@pytest.mark.parametrize("database_url", ["sqlite", "postgres"], indirect=True)
+def test_a_batched_row_is_stored_exactly_as_the_orm_stores_it(engine: Engine) -> None:
+    user_id = users.create(engine, "rows@example.com", "correct horse battery").id
+    by_orm, by_batch = _record(user_id, refreshed=True), _record(user_id, refreshed=True)
+    runs.save(engine, BOX, by_orm, None)
+
+    async def write() -> None:
+        batcher = Batcher(engine)
+        runs.save_direct(batcher, BOX, by_batch, None)
+        batcher.close()
+
+    asyncio.run(write())
+    orm, batched = _stored(engine, by_orm.id), _stored(engine, by_batch.id)
+    differing = {k for k in orm if k != "id" and orm[k] != batched[k]}
+    # Times differ by when each record was made; their stored form must not.
+    assert differing <= {"created_at", "started_at", "ended_at", "duration_ms"}
+    for column in ("created_at", "started_at", "ended_at"):
+        assert type(orm[column]) is type(batched[column])
+        if isinstance(orm[column], str):  # SQLite: the same text, to the microsecond
+            expected = (by_batch.started_at if column != "ended_at" else by_batch.ended_at).replace(tzinfo=None)
+            assert batched[column] == expected.isoformat(" ", "microseconds")
+            assert len(orm[column]) == len(batched[column]) and orm[column][10] == batched[column][10] == " "
+    found = runs.get(engine, by_batch.id, user_id)
+    assert found is not None and found.refreshed is True and found.http_status == 404
+
+
+@pytest.mark.parametrize("database_url", ["sqlite", "postgres"], indirect=True)
+def test_counts_in_one_commit_stay_exact_and_all_or_none(engine: Engine) -> None:
+    day = dt.date(2026, 12, 1)
+
+    async def go() -> list[list[int] | int]:
+        batcher = Batcher(engine)
+        batcher.calls = 30  # as if 30 calls were in flight: they share one commit
+        futures = [batcher.count([("user:1", 7), ("key:1", None)], day) for _ in range(25)]
+        # Plenty left for the person, none for this key: nothing may be counted for either.
+        futures.append(batcher.count([("user:2", 100), ("key:2", 0)], day))
+        results = list(await asyncio.gather(*futures))
+        batcher.close()
+        return results
+
+    results = asyncio.run(go())
+    assert [r for r in results[:25] if isinstance(r, list)] == [[n, n] for n in range(1, 8)]
+    assert results[7:25] == [0] * 18 and results[25] == 1
+    with engine.connect() as c:
+        counts = dict(c.execute(select(DailyUsage.subject, DailyUsage.count)).all())
+    assert counts == {"user:1": 7, "key:1": 7, "user:2": 0, "key:2": 0}
+
+
+def test_a_write_waits_for_calls_in_flight_but_not_longer_than_needed(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    engine = db.make_engine(f"sqlite:///{tmp_path / 'g.db'}")
+    db.upgrade(engine)
+    day = dt.date(2026, 12, 1)
+
+    async def go() -> None:
+        batcher = Batcher(engine)
+        loop = asyncio.get_running_loop()
+        # Alone: counted at once, before the caller even awaits.
+        batcher.calls = 1
+        assert batcher.count([("user:9", None)], day).result() == [1]
+        # Two in flight, one waiting: it waits for the other, up to the group delay.
+        batcher.calls = 2
+        started = loop.time()
+        assert await batcher.count([("user:9", None)], day) == [2]
+        assert loop.time() - started >= 0.0004
+        # Both waiting: nothing more can come, so the commit happens at the next turn.
+        first, second = batcher.count([("user:9", None)], day), batcher.count([("user:9", None)], day)
+        assert batcher._timer is None and sorted([await first, await second]) == [[3], [4]]
+        batcher.close()
+
+    asyncio.run(go())
+    engine.dispose()
+
+
+def test_a_failed_commit_fails_its_counts_and_counts_its_lost_rows(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    engine = db.make_engine(f"sqlite:///{tmp_path / 'g.db'}")
+    db.upgrade(engine)
+    lost: list[int] = []
+
+    async def go() -> None:
+        batcher = Batcher(engine)
+        batcher.on_lost = lost.append
+        with engine.begin() as c:
+            c.execute(text("DROP TABLE daily_usage"))
+        runs.save_direct(batcher, BOX, _record(1), None)
+        with pytest.raises(DBAPIError):
+            await batcher.count([("user:1", None)], dt.date(2026, 12, 1))
+        batcher.close()
+
+    asyncio.run(go())
+    assert lost == [1]
+    with engine.connect() as c:
+        assert c.execute(select(Run.id)).all() == []  # rolled back with the count: nothing half-written
+    engine.dispose()
+
+
+def test_limits_reserve_refund_through_the_batch(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from gateway.models import ApiKey
+    from gateway.plans import Plan
+    from gateway.settings import Settings
+
+    engine = db.make_engine(f"sqlite:///{tmp_path / 'g.db'}")
+    db.upgrade(engine)
+    key = ApiKey(id=3, user_id=5, prefix="sk_x", key_hash="h", daily_limit=2)
+    settings = Settings(secret_keys=("x",))
+
+    async def go() -> list[object]:
+        batcher = Batcher(engine)
+        first = await limits.reserve(batcher, settings, key, Plan(name="p", daily_calls=10))
+        limits.refund(batcher, key)
+        second = await limits.reserve(batcher, settings, key, Plan(name="p", daily_calls=10))
+        third = await limits.reserve(batcher, settings, key, Plan(name="p", daily_calls=10))
+        try:
+            await limits.reserve(batcher, settings, key, Plan(name="p", daily_calls=10))
+        except Exception as exc:  # the key's own limit of 2
+            refused: object = exc
+        batcher.close()
+        return [first.remaining, second.remaining, third.remaining, refused]
+
+    first, second, third, refused = asyncio.run(go())
+    assert (first, second, third) == (1, 1, 0)
+    assert getattr(refused, "code", None) == "daily_limit_reached"
+    engine.dispose()
