@@ -2,6 +2,7 @@
 
     GET|POST /fast                 a small JSON body
     GET      /big?bytes=N          N bytes, streamed in 64 KiB writes with flow control
+                                   (&chunked=true: chunked, with no Content-Length up front)
     POST     /record/{queue}/{seq} notes (queue, seq) in arrival order
     GET      /recorded             every (queue, seq) noted so far, as JSON
 
@@ -84,8 +85,10 @@ class Http(asyncio.Protocol):
             del self.buffer[: end + 4 + length]
             path, _, query = target.partition("?")
             if path == "/big":
-                size = int(parse_qs(query).get("bytes", ["1048576"])[0])
-                self.streaming = asyncio.get_running_loop().create_task(self.stream(size, close))
+                asked = parse_qs(query)
+                size = int(asked.get("bytes", ["1048576"])[0])
+                chunked = asked.get("chunked", ["false"])[0] == "true"
+                self.streaming = asyncio.get_running_loop().create_task(self.stream(size, close, chunked))
                 return
             self.transport.write(self.answer(method, path))
             if close:
@@ -105,8 +108,9 @@ class Http(asyncio.Protocol):
             return response("200 OK", b'{"ok":true}')
         return NOT_FOUND
 
-    async def stream(self, size: int, close: bool) -> None:
-        head = f"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {size}\r\n\r\n"
+    async def stream(self, size: int, close: bool, chunked: bool = False) -> None:
+        framing = "Transfer-Encoding: chunked" if chunked else f"Content-Length: {size}"
+        head = f"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n{framing}\r\n\r\n"
         sent = 0
         try:
             if self.transport is None:
@@ -117,8 +121,10 @@ class Http(asyncio.Protocol):
                 if self.transport is None:
                     return
                 piece = BLOCK[: min(len(BLOCK), size - sent)]
-                self.transport.write(piece)
+                self.transport.write(b"%x\r\n%s\r\n" % (len(piece), piece) if chunked else piece)
                 sent += len(piece)
+            if chunked and self.transport is not None:
+                self.transport.write(b"0\r\n\r\n")
         finally:
             self.streaming = None
         if close and self.transport is not None:

@@ -118,6 +118,7 @@ def create_app(settings: Settings, registry: specs.Registry | None = None) -> St
             worker = None
             # Without a worker here, something must still time out waitpoints and approvals on time.
             sweeping = None if settings.worker_in_serve else asyncio.create_task(sweeper(services))
+            checkpointing = asyncio.create_task(db.checkpoints(engine))
             if settings.worker_in_serve:
                 worker = Worker(services, settings.worker_concurrency)
                 services.notify_queue = worker.wake
@@ -134,6 +135,7 @@ def create_app(settings: Settings, registry: specs.Registry | None = None) -> St
                     await worker.stop()
                 if sweeping is not None:
                     sweeping.cancel()
+                checkpointing.cancel()
                 services.batcher.close()
         engine.dispose()
 

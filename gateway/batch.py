@@ -3,16 +3,16 @@
 Every call counts itself against its limits before the upstream and records a run row
 after it. One transaction each through SQLAlchemy was most of the gateway's own cost
 (docs/benchmarks.md). Here the writes of calls in flight share one transaction on one
-DBAPI connection. A write alone in the process is flushed at the next turn of the event
-loop; when other calls are in flight it waits up to GROUP_DELAY for them to join, or less
-once every call in flight is waiting on the commit (PostgreSQL's commit_delay and
-commit_siblings, the same idea).
+DBAPI connection. A count alone in the process is committed at once; when other calls
+are in flight it waits up to GROUP_DELAY for them to join, or less once every call in
+flight is waiting on the commit (PostgreSQL's commit_delay and commit_siblings, the same
+idea).
 
 - A count is awaited: the call goes upstream only once its count is committed, so limits
   stay exact across processes. A transaction that fails fails every count in it with a
   DBAPIError (the call answers 503; the transaction rolled back, nothing is half-written).
 - A run row and a refund are not awaited: the answer goes out first and the row follows
-  within a millisecond. Reading runs in this process flushes first, so a process always
+  with the next commit, at most ROW_DELAY later. Reading runs in this process flushes first, so a process always
   shows the calls it answered. A row that cannot be written is logged and counted
   (`on_lost`): the answer reflects a call the upstream already ran, and must not be
   replaced by a 503 that invites a retry.
@@ -55,9 +55,12 @@ QUEUED_ONLY = frozenset(
         "approval_expires_at",
     }
 )
-# How long a write waits for other calls in flight to join its commit. Without it, under load
+# How long a count waits for other calls in flight to join its commit. Without it, under load
 # each flush held about one write (bench: 2 commits a call); with it, about twenty.
 GROUP_DELAY = 0.0005
+# How long a run row or refund may wait for a commit: they ride along with the next count's
+# commit, so a lone caller pays one commit per call rather than two.
+ROW_DELAY = 0.002
 
 
 def _processor(column: Any, dialect: Any) -> Callable[[Any], Any] | None:
@@ -145,39 +148,38 @@ class Batcher:
             # Alone in the process: nothing can join this commit, so waiting a turn of the loop
             # would only add to the call's latency.
             self.flush()
+        elif len(self._counts) >= self.calls:
+            self._flush_within(0)  # every call in flight waits on this commit: nothing more is coming
         else:
-            self._schedule()
+            # Other calls are in flight: give them a moment to join this commit (a group-commit
+            # delay only when there is a group, as PostgreSQL's commit_delay/commit_siblings do).
+            self._flush_within(GROUP_DELAY)
         return future
 
     def refund(self, subjects: list[str], day: dt.date) -> None:
         """Takes one call back from each subject's count."""
         self._refunds.append((subjects, self.sql.day_processor(day)))
-        self._schedule()
+        self._flush_within(ROW_DELAY)
 
     def insert_run(self, values: dict[str, Any]) -> None:
         self._rows.append(self.sql.run_row(values))
-        self._schedule()
+        self._flush_within(ROW_DELAY)
 
-    def _schedule(self) -> None:
-        if self._counts and len(self._counts) >= self.calls:
-            # Every call in flight is waiting on this batch: nothing more is coming, flush now.
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
-            if not self._scheduled:
-                self._scheduled = True
-                asyncio.get_running_loop().call_soon(self.flush)
-            return
-        if self._scheduled or self._timer is not None:
-            return
+    def _flush_within(self, delay: float) -> None:
+        if self._scheduled:
+            return  # already at the next turn of the loop
         loop = asyncio.get_running_loop()
-        if self.calls <= 1:
+        when = loop.time() + delay
+        if self._timer is not None:
+            if self._timer.when() <= when:
+                return
+            self._timer.cancel()
+            self._timer = None
+        if delay <= 0:
             self._scheduled = True
             loop.call_soon(self.flush)
         else:
-            # Other calls are in flight: give them a moment to join this commit (a group-commit
-            # delay only when there is a group, as PostgreSQL's commit_delay/commit_siblings do).
-            self._timer = loop.call_later(GROUP_DELAY, self.flush)
+            self._timer = loop.call_at(when, self.flush)
 
     def flush(self) -> None:
         if self._timer is not None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from pathlib import Path
 
@@ -15,6 +17,7 @@ from sqlalchemy.exc import DisconnectionError
 from sqlmodel import Session
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+logger = logging.getLogger("gateway.db")
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
@@ -64,6 +67,32 @@ def _ping_if_idle(dbapi_connection, record, proxy) -> None:  # type: ignore[no-u
     except Exception as exc:
         # The pool drops this connection and checks out another (or a new one).
         raise DisconnectionError(f"an idle connection was lost: {type(exc).__name__}") from exc
+
+
+CHECKPOINT_EVERY = 0.25
+
+
+async def checkpoints(engine: Engine) -> None:
+    """SQLite only: copies the WAL into the database in a thread, four times a second.
+
+    Left to itself SQLite checkpoints inside the commit that crosses 1,000 WAL pages, on the
+    event loop, with an fsync: a few milliseconds during which no call moves (bench: p99 at one
+    connection, and ~7% of the CPU per call). A passive checkpoint here blocks no writer, and
+    keeps the WAL short enough that SQLite's own rarely runs.
+    """
+    if not is_sqlite(engine):
+        return
+
+    def checkpoint() -> None:
+        with engine.connect() as connection:
+            connection.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
+
+    while True:
+        try:
+            await asyncio.to_thread(checkpoint)
+        except Exception as exc:  # a locked or busy database: the next round will do
+            logger.debug("checkpoint skipped: %s", type(exc).__name__)
+        await asyncio.sleep(CHECKPOINT_EVERY)
 
 
 def is_sqlite(engine: Engine) -> bool:
