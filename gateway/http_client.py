@@ -244,6 +244,7 @@ class _Connection(asyncio.Protocol):
         self.size += len(body)
         if self.size > self.max_bytes:
             self.failure = ResponseTooLarge("the answer passed the cap")
+            self.chunks = []
             return
         self.chunks.append(body)
 
@@ -294,6 +295,7 @@ class _Connection(asyncio.Protocol):
             key, text = name.decode("latin-1"), value.decode("latin-1")
             headers[key] = f"{headers[key]}, {text}" if key in headers else text
         content = self.chunks[0] if len(self.chunks) == 1 else b"".join(self.chunks)
+        self.chunks = []
         if not keep_alive:
             self._close()
         assert self.waiter is not None
@@ -302,6 +304,9 @@ class _Connection(asyncio.Protocol):
 
     def _fail(self, error: HTTPError) -> None:
         # What is left of the answer is unknown: this connection cannot serve another request.
+        # Let go of the body read so far now: the error's traceback leads back here, so this
+        # object lives until the cycle collector runs, and the next big answer would stack on it.
+        self.chunks = []
         self._close(abort=True)
         if self.waiter is not None and not self.waiter.done():
             self.waiter.set_exception(error)

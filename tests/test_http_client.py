@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import gc
 import gzip
 import ipaddress
 import ssl
+import tracemalloc
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -201,6 +203,40 @@ def test_the_cap_counts_decoded_bytes_and_stops_reading() -> None:
                     await asyncio.wait_for(client.request("GET", origin, "/", max_bytes=1_000_000), 10)
 
     run(go())
+
+
+def test_a_capped_answer_lets_go_of_its_body_at_once() -> None:
+    # The error's traceback leads back to the connection, so whatever it still held would
+    # live until the cycle collector ran, and the next big answer would stack on top of it.
+    async def endless(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: Server) -> None:
+        await server.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for _ in range(1_000):
+            writer.write(b"10000\r\n" + b"x" * 0x10000 + b"\r\n")
+            await writer.drain()
+
+    async def go() -> None:
+        async with Client() as client, serving(endless) as (origin, _):
+            tracemalloc.start()
+            try:
+                errors = []
+                for _ in range(3):
+                    try:
+                        await asyncio.wait_for(client.request("GET", origin, "/", max_bytes=4_000_000), 10)
+                    except http_client.ResponseTooLarge as exc:
+                        errors.append(exc)  # kept, traceback and all, as a caller logging it might
+                held, peak = tracemalloc.get_traced_memory()
+            finally:
+                tracemalloc.stop()
+            assert len(errors) == 3
+            assert held < 1_000_000, held
+            assert peak < 6_000_000, peak
+
+    gc.disable()
+    try:
+        run(go())
+    finally:
+        gc.enable()
 
 
 def test_an_answer_ended_by_closing_the_connection() -> None:
