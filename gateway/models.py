@@ -6,10 +6,14 @@ import datetime as dt
 import os
 import threading
 import time
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, TypeVar
 
 from sqlalchemy import JSON, Column, Index, UniqueConstraint, literal_column, text
+from sqlalchemy.orm import configure_mappers
 from sqlmodel import Field, SQLModel
+
+M = TypeVar("M", bound=SQLModel)
 
 
 def utcnow() -> dt.datetime:
@@ -37,6 +41,24 @@ def random_hex(size: int) -> str:
     """`size` random bytes as hex, for identifiers that must not be guessable."""
     with _id_lock:
         return _random_bytes(size).hex()
+
+
+def from_row(model: type[M], mapping: Mapping[str, Any]) -> M:
+    """A table model from a row holding all its columns, built as the ORM builds what it loads:
+    no __init__. SQLModel's constructor sets each field through the ORM's instrumentation, ~150 µs
+    for a run's 28 columns, a fifth of a queue worker's CPU (bench); this takes ~8 µs. Like one
+    from `Model(**row._mapping)`, the instance belongs to no session."""
+    instance = _new_instance(model)
+    instance.__dict__.update(mapping)
+    object.__setattr__(instance, "__pydantic_fields_set__", set(mapping))
+    return instance
+
+
+def _new_instance(model: type[M]) -> M:
+    mapper = model.__mapper__  # type: ignore[attr-defined]
+    if not mapper.configured:
+        configure_mappers()
+    return mapper.class_manager.new_instance()  # type: ignore[attr-defined,no-any-return]
 
 
 def new_id(prefix: str) -> str:

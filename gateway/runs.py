@@ -19,7 +19,7 @@ from sqlalchemy.orm import aliased
 
 from .batch import Batcher
 from .crypto import Box
-from .models import Run, is_active, new_id, utcnow
+from .models import Run, from_row, is_active, new_id, utcnow
 
 TERMINAL = ("completed", "failed", "timeout", "cancelled")
 STATUSES = ("pending", "running", *TERMINAL)
@@ -106,7 +106,7 @@ def save(engine: Engine, box: Box, record: RunRecord, body: dict[str, Any] | Non
             values["_id"], values["_worker_id"] = run_id, record.worker_id
             # The row as written, for what runs after it (waitpoints, callbacks): no second read.
             row = c.execute(statement, values).first()
-            record.finished = Run(**row._mapping) if row else None
+            record.finished = from_row(Run, row._mapping) if row else None
         else:
             values["created_at"] = record.started_at
             c.execute(Run.__table__.insert().values(**values))
@@ -168,19 +168,19 @@ def create_started(engine: Engine, record: RunRecord, *, idempotency_key: str, r
 def get(engine: Engine, run_id: str, user_id: int) -> Run | None:
     with engine.connect() as c:
         row = c.execute(select(Run.__table__).where(Run.id == run_id, Run.user_id == user_id)).first()
-    return Run(**row._mapping) if row else None
+    return from_row(Run, row._mapping) if row else None
 
 
 def get_any(engine: Engine, run_id: str) -> Run | None:
     with engine.connect() as c:
         row = c.execute(select(Run.__table__).where(Run.id == run_id)).first()
-    return Run(**row._mapping) if row else None
+    return from_row(Run, row._mapping) if row else None
 
 
 def by_idempotency_key(engine: Engine, api_key_id: int, key: str) -> Run | None:
     with engine.connect() as c:
         row = c.execute(select(Run.__table__).where(Run.api_key_id == api_key_id, Run.idempotency_key == key)).first()
-    return Run(**row._mapping) if row else None
+    return from_row(Run, row._mapping) if row else None
 
 
 def result_of(box: Box, run: Run) -> dict[str, Any] | None:
@@ -276,7 +276,7 @@ def claim_many(engine: Engine, worker_id: str, lease: dt.timedelta, limit: int) 
     statement = _CLAIM["postgresql" if engine.dialect.name == "postgresql" else "sqlite"]
     with engine.begin() as c:
         rows = c.execute(statement, {"limit": limit, "worker_id": worker_id, "lease_until": now + lease, "now": now})
-        claimed = [Run(**r._mapping) for r in rows]
+        claimed = [from_row(Run, r._mapping) for r in rows]
     return sorted(claimed, key=lambda run: run.id)
 
 
@@ -300,7 +300,7 @@ def expired_leases(engine: Engine) -> list[Run]:
         rows = c.execute(
             select(Run.__table__).where(Run.status == "running", is_active(Run.status), Run.lease_until < utcnow())
         ).all()
-    return [Run(**r._mapping) for r in rows]
+    return [from_row(Run, r._mapping) for r in rows]
 
 
 def recover(engine: Engine, run: Run, retry: bool) -> bool:
@@ -380,4 +380,4 @@ def search(engine: Engine, f: RunFilter, columns: list[Any] | None = None) -> li
         statement = statement.where(Run.id < f.before_id)
     statement = statement.order_by(Run.id.desc()).limit(f.limit)
     with engine.connect() as c:
-        return [Run(**r._mapping) for r in c.execute(statement).all()]
+        return [from_row(Run, r._mapping) for r in c.execute(statement).all()]
