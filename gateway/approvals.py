@@ -18,7 +18,7 @@ from sqlalchemy.engine import Engine
 from . import links, runs, waitpoints
 from .crypto import Box
 from .errors import ApprovalDenied
-from .models import ApiKey, Run, is_active, utcnow
+from .models import ApiKey, Run, from_row, is_active, utcnow
 from .runs import RunRecord
 from .services import Services
 from .specs import CompiledEndpoint
@@ -97,7 +97,7 @@ def pending(engine: Engine, user_id: int) -> list[Run]:
             .order_by(Run.id.desc())
             .limit(200)
         ).all()
-    return [Run(**r._mapping) for r in rows]
+    return [from_row(Run, r._mapping) for r in rows]
 
 
 def approve(services: Services, run_id: str, user_id: int) -> bool:

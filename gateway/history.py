@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 
 from . import runs
-from .models import Connection, Run, utcnow
+from .models import Connection, Run, from_row, utcnow
 
 PAGE_SIZE = 50
 SHOWN = [
@@ -66,7 +66,7 @@ def page(
 def get(engine: Engine, user_id: int, run_id: str) -> Run | None:
     with engine.connect() as c:
         row = c.execute(select(*SHOWN).where(Run.id == run_id, Run.user_id == user_id)).first()
-    return Run(**row._mapping) if row else None
+    return from_row(Run, row._mapping) if row else None
 
 
 def _today(user_id: int) -> list[Any]:

@@ -244,7 +244,6 @@ class _Connection(asyncio.Protocol):
         self.size += len(body)
         if self.size > self.max_bytes:
             self.failure = ResponseTooLarge("the answer passed the cap")
-            self.chunks = []
             return
         self.chunks.append(body)
 

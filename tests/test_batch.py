@@ -185,7 +185,7 @@ def test_sqlite_leaves_checkpoints_to_the_checkpoint_thread(tmp_path) -> None:  
         with engine.begin() as c:
             c.execute(text("INSERT INTO pages VALUES (randomblob(3000))"))
     with engine.connect() as c:
-        busy, frames, copied = c.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)").one()
+        _busy, frames, copied = c.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)").one()
     assert frames >= 1_500, frames
     assert copied == frames  # and the checkpoint, when it comes, does its job
     engine.dispose()
