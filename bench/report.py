@@ -142,9 +142,9 @@ def big_response_lines(big: dict[str, Any]) -> list[str]:
         f"{big['calls']} calls for {big['bytes'] // mib} MiB with a {big['cap_bytes'] // mib} MiB cap: "
         f"answers {big['answers']}",
         f"gateway RSS {big['before']['VmRSS'] / 1024:.1f} → {big['after']['VmRSS'] / 1024:.1f} MiB "
-        f"(+{(big['after']['VmRSS'] - big['before']['VmRSS']) / 1024:.1f}), "
+        f"({(big['after']['VmRSS'] - big['before']['VmRSS']) / 1024:+.1f}), "
         f"peak {big['before']['VmHWM'] / 1024:.1f} → {big['after']['VmHWM'] / 1024:.1f} MiB "
-        f"(+{(big['after']['VmHWM'] - big['before']['VmHWM']) / 1024:.1f})",
+        f"({(big['after']['VmHWM'] - big['before']['VmHWM']) / 1024:+.1f})",
     ]
 
 

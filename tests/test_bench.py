@@ -102,3 +102,19 @@ def test_queue_mode_drains_in_order(tmp_path: Path) -> None:
     assert queue["statuses"] == {"completed": queue["calls"]}
     assert queue["calls_per_s"] > 0
     assert "order held: True" in stdout
+
+
+def test_memory_line_signs_a_shrink_once() -> None:
+    from bench.report import big_response_lines
+
+    mib = 1024 * 1024
+    big = {
+        "calls": 10,
+        "bytes": 50 * mib,
+        "cap_bytes": 10 * mib,
+        "answers": {},
+        "before": {"VmRSS": 130_300, "VmHWM": 133_400},
+        "after": {"VmRSS": 130_200, "VmHWM": 137_700},
+    }
+    line = big_response_lines(big)[1]
+    assert "(-0.1)" in line and "(+4.2)" in line, line
