@@ -45,8 +45,7 @@ async def calls_page(request: Request, user: User) -> Response:
     services = services_of(request)
     filters = _filters(request)
     before = (request.query_params.get("before") or "")[:40] or None
-    services.batcher.flush()  # this process's answered calls, even those still waiting for their commit
-    runs, next_cursor = history.page(services.engine, user.id or 0, filters, before)
+    runs, next_cursor = history.page(services, user.id or 0, filters, before)
     context = {
         "runs": runs,
         "filters": filters,
@@ -62,7 +61,7 @@ async def calls_page(request: Request, user: User) -> Response:
 @page
 async def call_page(request: Request, user: User) -> Response:
     services = services_of(request)
-    run = history.get(services.engine, user.id or 0, request.path_params["run_id"][:40])
+    run = history.get(services, user.id or 0, request.path_params["run_id"][:40])
     if run is None:
         raise HTTPException(404, "There is no call with that id in your account.")
     key = keys.get_for_user(services.engine, user.id or 0, run.api_key_id) if run.api_key_id else None
@@ -76,7 +75,7 @@ async def cancel(request: Request, user: User, form: FormData) -> Response:
     """Removes a pending queued call; one that a worker already took keeps running."""
     services = services_of(request)
     run_id = request.path_params["run_id"][:40]
-    if history.get(services.engine, user.id or 0, run_id) is None:
+    if history.get(services, user.id or 0, run_id) is None:
         raise HTTPException(404, "There is no call with that id in your account.")
     removed = runs.cancel(services.engine, run_id, user.id or 0)
     return redirect(f"/dashboard/calls/{quote(run_id, safe='')}?done={'cancelled' if removed else 'not-cancelled'}")

@@ -195,7 +195,7 @@ async def callback(request: Request) -> Response:
 async def usage_page(request: Request, user: User) -> Response:
     services = services_of(request)
     user_id = user.id or 0
-    runs_by_key = history.calls_today_by_key(services.engine, user_id)
+    runs_by_key = history.calls_today_by_key(services, user_id)
     # limits.py counts what the limits enforce (calls the gateway turned away are refunded);
     # the run counts are everything that was asked.
     key_rows = [
@@ -203,7 +203,7 @@ async def usage_page(request: Request, user: User) -> Response:
         for k in keys.active_for_user(services.engine, user_id)
     ]
     context = {
-        "calls_today": history.calls_today(services.engine, user_id),
+        "calls_today": history.calls_today(services, user_id),
         "connections": history.connections_count(services.engine, user_id),
         "keys": key_rows,
         "plan": services.plans.get(user.plan),

@@ -2,19 +2,25 @@
 
 Only display columns are selected: the encrypted request and result, the
 callback URL and the request hash never leave the database through here.
+
+Every reader first commits this process's pending run rows (a call's row follows its
+answer by up to 2 ms, gateway/batch.py), so a page opened right after a call shows it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 
 from . import runs
 from .models import Connection, Run, from_row, utcnow
+
+if TYPE_CHECKING:
+    from .services import Services
 
 PAGE_SIZE = 50
 SHOWN = [
@@ -41,13 +47,18 @@ def utc_midnight(now: dt.datetime | None = None) -> dt.datetime:
     return now.replace(hour=0, minute=0, second=0, microsecond=0)
 
 
+def _settled(services: Services) -> Engine:
+    services.batcher.flush()
+    return services.engine
+
+
 def page(
-    engine: Engine, user_id: int, filters: Filters, before: str | None = None, limit: int = PAGE_SIZE
+    services: Services, user_id: int, filters: Filters, before: str | None = None, limit: int = PAGE_SIZE
 ) -> tuple[list[Run], str | None]:
     """Newest first; returns the runs and the cursor for the next (older) page, if any."""
     # Ids are time-ordered, so the id is the cursor.
     rows = runs.search(
-        engine,
+        _settled(services),
         runs.RunFilter(
             user_id=user_id,
             integration=filters.integration,
@@ -63,8 +74,8 @@ def page(
     return found, (found[-1].id if len(rows) > limit else None)
 
 
-def get(engine: Engine, user_id: int, run_id: str) -> Run | None:
-    with engine.connect() as c:
+def get(services: Services, user_id: int, run_id: str) -> Run | None:
+    with _settled(services).connect() as c:
         row = c.execute(select(*SHOWN).where(Run.id == run_id, Run.user_id == user_id)).first()
     return from_row(Run, row._mapping) if row else None
 
@@ -77,13 +88,13 @@ def _today(user_id: int) -> list[Any]:
     return [Run.user_id == user_id, Run.id >= first_id, Run.created_at >= midnight]
 
 
-def calls_today(engine: Engine, user_id: int) -> int:
-    with engine.connect() as c:
+def calls_today(services: Services, user_id: int) -> int:
+    with _settled(services).connect() as c:
         return c.execute(select(func.count()).select_from(Run).where(*_today(user_id))).scalar_one()
 
 
-def calls_today_by_key(engine: Engine, user_id: int) -> dict[int, int]:
-    with engine.connect() as c:
+def calls_today_by_key(services: Services, user_id: int) -> dict[int, int]:
+    with _settled(services).connect() as c:
         rows = c.execute(
             select(Run.api_key_id, func.count())
             .where(*_today(user_id), Run.api_key_id.is_not(None))

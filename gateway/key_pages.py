@@ -57,7 +57,7 @@ def _list(request: Request, user: User, *, error: str | None = None, status: int
     context = {
         "active": [k for k in every if k.revoked_at is None],
         "revoked": [k for k in every if k.revoked_at is not None],
-        "today": history.calls_today_by_key(services.engine, user.id or 0),
+        "today": history.calls_today_by_key(services, user.id or 0),
         "integrations": list(services.registry),
         "error": error,
         "done": request.query_params.get("done") == "revoked",
@@ -105,7 +105,7 @@ def _detail(request: Request, user: User, key: ApiKey, *, error: str | None = No
     services = services_of(request)
     context = {
         "key": key,
-        "calls_today": history.calls_today_by_key(services.engine, user.id or 0).get(key.id or 0, 0),
+        "calls_today": history.calls_today_by_key(services, user.id or 0).get(key.id or 0, 0),
         "integrations": list(services.registry),
         "error": error,
         "done": request.query_params.get("done") == "saved",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import types
 from collections.abc import Iterator
 
 import pytest
@@ -12,7 +13,7 @@ from sqlalchemy import select, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 
-from gateway import db, limits, runs, users
+from gateway import db, history, keys, limits, runs, users
 from gateway.batch import Batcher
 from gateway.crypto import Box
 from gateway.models import DailyUsage, Run
@@ -189,3 +190,31 @@ def test_sqlite_leaves_checkpoints_to_the_checkpoint_thread(tmp_path) -> None:  
     assert frames >= 1_500, frames
     assert copied == frames  # and the checkpoint, when it comes, does its job
     engine.dispose()
+
+
+@pytest.mark.parametrize("database_url", ["sqlite", "postgres"], indirect=True)
+def test_the_history_pages_show_a_call_whose_row_still_waits_for_its_commit(engine: Engine) -> None:
+    # A run row follows its answer by up to ROW_DELAY; a page opened right after the call must count it.
+    user_id = users.create(engine, "pending@example.com", "correct horse battery").id or 0
+    key, _ = keys.create(engine, user_id, "worker")
+    record = _record(user_id, api_key_id=key.id)
+    seen: dict[str, object] = {}
+
+    async def read_while_pending() -> None:
+        batcher = Batcher(engine)
+        services = types.SimpleNamespace(engine=engine, batcher=batcher)
+        runs.save_direct(batcher, BOX, record, None)
+        assert _count_runs(engine) == 0  # held for the next commit: what the pages must not miss
+        seen["today"] = history.calls_today(services, user_id)  # type: ignore[arg-type]
+        seen["by_key"] = history.calls_today_by_key(services, user_id)  # type: ignore[arg-type]
+        seen["run"] = history.get(services, user_id, record.id)  # type: ignore[arg-type]
+        batcher.close()
+
+    run(read_while_pending())
+    assert seen["today"] == 1 and seen["by_key"] == {key.id: 1}
+    assert seen["run"] is not None and seen["run"].id == record.id  # type: ignore[attr-defined]
+
+
+def _count_runs(engine: Engine) -> int:
+    with engine.connect() as c:
+        return c.execute(text("SELECT count(*) FROM runs")).scalar_one()
