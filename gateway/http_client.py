@@ -1,9 +1,9 @@
 """The upstream HTTP client: HTTP/1.1 keep-alive connections on asyncio protocols, parsed by httptools.
 
-Every proxied call goes through here, so its cost is the gateway's floor. On the benchmark
-machine (docs/benchmarks.md) one call costs about 1,100 µs of CPU through HTTPX's own
-transport, 430 µs through HTTPX over aiohttp, 140 µs through aiohttp alone and about 15 µs
-here. It does only what the gateway needs: one request at a time per connection, no
+Every proxied call goes through here, so its cost is the gateway's floor. A bare Starlette
+proxy forwarding one call through HTTPX's own transport used 4× the CPU of the same proxy on
+this client at one connection, and 15–26× at 32 and 64 (docs/benchmarks.md, the `proxy-*`
+rows). It does only what the gateway needs: one request at a time per connection, no
 redirects, no cookies, no proxies; an answer is buffered up to a cap, decompressed (gzip,
 deflate) as it arrives, and parsed by llhttp (httptools, the parser uvicorn uses).
 
