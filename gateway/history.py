@@ -3,8 +3,8 @@
 Only display columns are selected: the encrypted request and result, the
 callback URL and the request hash never leave the database through here.
 
-Every reader first commits this process's pending run rows (a call's row follows its
-answer by up to 2 ms, gateway/batch.py), so a page opened right after a call shows it.
+Every reader goes through `Services.settled_engine`, so a page opened right after a call
+shows it.
 """
 
 from __future__ import annotations
@@ -47,18 +47,13 @@ def utc_midnight(now: dt.datetime | None = None) -> dt.datetime:
     return now.replace(hour=0, minute=0, second=0, microsecond=0)
 
 
-def _settled(services: Services) -> Engine:
-    services.batcher.flush()
-    return services.engine
-
-
 def page(
     services: Services, user_id: int, filters: Filters, before: str | None = None, limit: int = PAGE_SIZE
 ) -> tuple[list[Run], str | None]:
     """Newest first; returns the runs and the cursor for the next (older) page, if any."""
     # Ids are time-ordered, so the id is the cursor.
     rows = runs.search(
-        _settled(services),
+        services.settled_engine(),
         runs.RunFilter(
             user_id=user_id,
             integration=filters.integration,
@@ -75,7 +70,7 @@ def page(
 
 
 def get(services: Services, user_id: int, run_id: str) -> Run | None:
-    with _settled(services).connect() as c:
+    with services.settled_engine().connect() as c:
         row = c.execute(select(*SHOWN).where(Run.id == run_id, Run.user_id == user_id)).first()
     return from_row(Run, row._mapping) if row else None
 
@@ -89,12 +84,12 @@ def _today(user_id: int) -> list[Any]:
 
 
 def calls_today(services: Services, user_id: int) -> int:
-    with _settled(services).connect() as c:
+    with services.settled_engine().connect() as c:
         return c.execute(select(func.count()).select_from(Run).where(*_today(user_id))).scalar_one()
 
 
 def calls_today_by_key(services: Services, user_id: int) -> dict[int, int]:
-    with _settled(services).connect() as c:
+    with services.settled_engine().connect() as c:
         rows = c.execute(
             select(Run.api_key_id, func.count())
             .where(*_today(user_id), Run.api_key_id.is_not(None))

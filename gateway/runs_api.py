@@ -18,8 +18,7 @@ MAX_LIMIT = 100
 
 def _services(request: Request) -> Services:
     services: Services = request.app.state.services
-    # Run rows of answered calls may still wait for their group commit: this process shows its own.
-    services.batcher.flush()
+    services.settled_engine()  # this process's answered calls, even those still waiting for their commit
     return services
 
 

@@ -18,6 +18,7 @@ from gateway.batch import Batcher
 from gateway.crypto import Box
 from gateway.models import DailyUsage, Run
 from gateway.runs import RunRecord
+from gateway.services import Services
 
 BOX = Box(("batch-test-secret-" + "b" * 32,))
 
@@ -202,7 +203,9 @@ def test_the_history_pages_show_a_call_whose_row_still_waits_for_its_commit(engi
 
     async def read_while_pending() -> None:
         batcher = Batcher(engine)
-        services = types.SimpleNamespace(engine=engine, batcher=batcher)
+        services = types.SimpleNamespace(
+            engine=engine, batcher=batcher, settled_engine=lambda: Services.settled_engine(services)
+        )
         runs.save_direct(batcher, BOX, record, None)
         assert _count_runs(engine) == 0  # held for the next commit: what the pages must not miss
         seen["today"] = history.calls_today(services, user_id)  # type: ignore[arg-type]
