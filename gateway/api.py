@@ -13,8 +13,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from . import approvals, callbacks, keys, limits, links, runs, waitpoints
-from .errors import BadRequest, IdempotencyInProgress, IdempotencyMismatch, NotFound, ScopeNotAllowed
+from . import approvals, callbacks, limits, links, runs, tools, waitpoints
+from .errors import BadRequest, IdempotencyInProgress, IdempotencyMismatch, NotFound
 from .execute import execute, resolve
 from .jsoncodec import JSONAnswer
 from .models import ApiKey, Run, utcnow
@@ -65,18 +65,18 @@ def _request_hash(integration: str, endpoint: str, body: dict[str, Any]) -> str:
     return hashlib.sha256(f"{integration}/{endpoint}\n{canonical}".encode()).hexdigest()
 
 
-def _submitted(services: Services, run: Run) -> JSONResponse:
+def _submitted(services: Services, key: ApiKey, run: Run) -> JSONResponse:
     queue_name = run.queue_name or run.id
-    in_queue = runs.in_queue(services.engine, run.user_id, queue_name, up_to=run.id)
+    in_queue = runs.in_queue(services.engine, key, queue_name, up_to=run.id)
     body = {"id": run.id, "status": run.status, "queue_name": queue_name, "in_queue": in_queue}
     return JSONResponse(body, status_code=202, headers={"X-Run-Id": run.id})
 
 
-def _replay(services: Services, run: Run, request_hash: str) -> Response:
+def _replay(services: Services, key: ApiKey, run: Run, request_hash: str) -> Response:
     if run.request_hash != request_hash:
         raise IdempotencyMismatch("This Idempotency-Key was already used with a different request.")
     if run.request is not None:  # a queued submission: its first answer was the 202
-        response = _submitted(services, run)
+        response = _submitted(services, key, run)
     elif run.status not in runs.TERMINAL:
         raise IdempotencyInProgress(
             "A call with this Idempotency-Key is still running.", headers={"Retry-After": "1", "X-Run-Id": run.id}
@@ -123,7 +123,7 @@ async def _submit(
     services.notify_queue()
     run = runs.get(services.engine, record.id, key.user_id)
     assert run is not None
-    response = _submitted(services, run)
+    response = _submitted(services, key, run)
     response.headers.update(usage.headers())
     return response
 
@@ -143,9 +143,11 @@ async def call_endpoint(request: Request) -> Response:
         if not IDEMPOTENCY_KEY.match(header):
             raise BadRequest("'Idempotency-Key' must be 1-255 visible ASCII characters.")
         idempotency = (header, _request_hash(integration, endpoint_name, body))
+        # A key narrowed since its first call must not get that call's answer back.
+        resolve(services, key, integration, endpoint_name)
         existing = runs.by_idempotency_key(services.engine, key.id or 0, header)
         if existing is not None:
-            return _replay(services, existing, idempotency[1])
+            return _replay(services, key, existing, idempotency[1])
 
     try:
         if options["queued"]:
@@ -162,7 +164,7 @@ async def call_endpoint(request: Request) -> Response:
         existing = runs.by_idempotency_key(services.engine, key.id or 0, header or "")
         if existing is None:
             raise
-        return _replay(services, existing, idempotency[1])  # type: ignore[index]
+        return _replay(services, key, existing, idempotency[1])  # type: ignore[index]
     result = await execute(services, key, integration, endpoint_name, body.get("params", {}), record)
     return JSONAnswer(result.body, status_code=result.http_status, headers=result.headers)
 
@@ -172,14 +174,7 @@ async def start_connection(request: Request) -> Response:
     services = services_of(request)
     key = api_key(services, request)
     name = request.path_params["name"]
-    integration = services.registry.get(name)
-    if integration is None:
-        raise NotFound(f"There is no integration named '{name}'.")
-    if not keys.allows(key, name):
-        raise ScopeNotAllowed(
-            f"This API key may not use {integration.display_name}.",
-            action_url=links.api_key(services.settings, key.id or 0),
-        )
+    tools.check_integration(services, key, name)
     plan = services.plans.for_user(services.engine, key.user_id)
     limits.ensure_can_connect(services.engine, services.settings, plan, key.user_id, name)
     waitpoint = waitpoints.connection_waitpoint(services.engine, key.user_id, name)

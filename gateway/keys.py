@@ -7,12 +7,13 @@ import hmac
 import secrets
 import time
 
-from sqlalchemy import select
+from sqlalchemy import and_, or_, select
 from sqlalchemy import update as sa_update
 from sqlalchemy.engine import Engine
+from sqlalchemy.sql.elements import ColumnElement
 
 from .db import session
-from .models import ApiKey, utcnow
+from .models import ApiKey, Run, Waitpoint, utcnow
 from .ttlcache import TTLCache
 
 KEY_PREFIX = "sk_"
@@ -145,8 +146,25 @@ def touch(engine: Engine, key_id: int) -> None:
         connection.execute(sa_update(ApiKey).where(ApiKey.id == key_id).values(last_used_at=utcnow()))
 
 
-def allows(key: ApiKey, integration: str) -> bool:
-    return key.integrations is None or integration in key.integrations
+# The one visibility rule for an API key: it sees its owner's records and, when it is limited to
+# some integrations, only theirs and those of no integration (a manual waitpoint). `allows` decides
+# for an integration, `sees` for a record in hand, `visible` in SQL; every reader for a key uses them.
+
+
+def allows(key: ApiKey, integration: str | None) -> bool:
+    return integration is None or key.integrations is None or integration in key.integrations
+
+
+def sees(key: ApiKey, record: Run | Waitpoint) -> bool:
+    return record.user_id == key.user_id and allows(key, record.integration)
+
+
+def visible(key: ApiKey, model: type[Run] | type[Waitpoint]) -> ColumnElement[bool]:
+    """`sees` as a WHERE term, for the queries that list or count records for a key."""
+    owner = model.user_id == key.user_id
+    if key.integrations is None:
+        return owner
+    return and_(owner, or_(model.integration.is_(None), model.integration.in_(key.integrations)))
 
 
 def revoke(engine: Engine, key_id: int, user_id: int | None = None) -> bool:

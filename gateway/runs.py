@@ -17,9 +17,10 @@ from sqlalchemy import and_, bindparam, delete, exists, func, or_, select, updat
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import aliased
 
+from . import keys
 from .batch import Batcher
 from .crypto import Box
-from .models import Run, from_row, is_active, new_id, utcnow
+from .models import ApiKey, Run, from_row, is_active, new_id, utcnow
 
 TERMINAL = ("completed", "failed", "timeout", "cancelled")
 STATUSES = ("pending", "running", *TERMINAL)
@@ -191,9 +192,10 @@ def request_of(box: Box, run: Run) -> dict[str, Any]:
     return json.loads(box.decrypt(run.request) or "{}") if run.request else {}
 
 
-def in_queue(engine: Engine, user_id: int, queue_name: str, up_to: str | None = None) -> int:
-    """Calls ahead of and including `up_to` (or all) that are pending or running in one queue."""
-    statement = select(func.count()).where(Run.user_id == user_id, Run.queue_name == queue_name, is_active(Run.status))
+def in_queue(engine: Engine, key: ApiKey, queue_name: str, up_to: str | None = None) -> int:
+    """Calls ahead of and including `up_to` (or all) that are pending or running in one queue, of
+    those the key may see."""
+    statement = select(func.count()).where(keys.visible(key, Run), Run.queue_name == queue_name, is_active(Run.status))
     if up_to is not None:
         statement = statement.where(Run.id <= up_to)
     with engine.connect() as c:
@@ -345,7 +347,7 @@ def purge(engine: Engine) -> tuple[int, int]:
 @dataclasses.dataclass
 class RunFilter:
     user_id: int
-    integrations: list[str] | None = None  # a key limited to some integrations sees only theirs
+    key: ApiKey | None = None  # read for an API key: only what it may see (keys.visible)
     integration: str | None = None
     endpoint: str | None = None
     queue: str | None = None
@@ -359,9 +361,8 @@ class RunFilter:
 
 def search(engine: Engine, f: RunFilter, columns: list[Any] | None = None) -> list[Run]:
     """Newest first. `columns` narrows what is read (the dashboard never reads payloads)."""
-    statement = select(*(columns or Run.__table__.columns)).where(Run.user_id == f.user_id)
-    if f.integrations is not None:
-        statement = statement.where(Run.integration.in_(f.integrations))
+    owner = keys.visible(f.key, Run) if f.key is not None else Run.user_id == f.user_id
+    statement = select(*(columns or Run.__table__.columns)).where(owner)
     if f.integration:
         statement = statement.where(Run.integration == f.integration)
     if f.endpoint:

@@ -6,7 +6,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from . import callbacks, runs
+from . import callbacks, keys, runs
 from .errors import BadRequest, NotFound
 from .models import ApiKey, Run
 from .requests import api_key, query_time
@@ -22,10 +22,10 @@ def _services(request: Request) -> Services:
     return services
 
 
-def _visible(key: ApiKey, run: Run | None) -> Run | None:
-    # A key limited to some integrations sees only their runs, even of its own person.
-    if run is None or (key.integrations is not None and run.integration not in key.integrations):
-        return None
+def _run(services: Services, key: ApiKey, run_id: str) -> Run:
+    run = runs.get(services.engine, run_id, key.user_id)
+    if run is None or not keys.sees(key, run):
+        raise NotFound("There is no such run.")
     return run
 
 
@@ -47,7 +47,7 @@ async def list_runs(request: Request) -> Response:
         services.engine,
         runs.RunFilter(
             user_id=key.user_id,
-            integrations=key.integrations,
+            key=key,
             integration=q.get("integration"),
             endpoint=q.get("endpoint"),
             queue=q.get("queue"),
@@ -66,19 +66,13 @@ async def list_runs(request: Request) -> Response:
 async def show_run(request: Request) -> Response:
     services = _services(request)
     key = api_key(services, request)
-    run = _visible(key, runs.get(services.engine, request.path_params["run_id"], key.user_id))
-    if run is None:
-        raise NotFound("There is no such run.")
-    return JSONResponse(describe(services, run))
+    return JSONResponse(describe(services, _run(services, key, request.path_params["run_id"])))
 
 
 async def cancel_run(request: Request) -> Response:
     services = _services(request)
     key = api_key(services, request)
-    run_id = request.path_params["run_id"]
-    run = _visible(key, runs.get(services.engine, run_id, key.user_id))
-    if run is None:
-        raise NotFound("There is no such run.")
+    run_id = _run(services, key, request.path_params["run_id"]).id
     if runs.cancel(services.engine, run_id, key.user_id):
         for hook in services.run_finished_hooks:
             cancelled = runs.get(services.engine, run_id, key.user_id)
@@ -93,7 +87,7 @@ async def queue_size(request: Request) -> Response:
     services = _services(request)
     key = api_key(services, request)
     name = request.path_params["name"]
-    return JSONResponse({"queue_name": name, "in_queue": runs.in_queue(services.engine, key.user_id, name)})
+    return JSONResponse({"queue_name": name, "in_queue": runs.in_queue(services.engine, key, name)})
 
 
 async def callback_secret(request: Request) -> Response:

@@ -19,8 +19,9 @@ from sqlalchemy import select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
+from . import keys
 from .errors import BadRequest
-from .models import Waitpoint, new_id, utcnow
+from .models import ApiKey, Waitpoint, new_id, utcnow
 
 logger = logging.getLogger("gateway.waitpoints")
 
@@ -197,6 +198,7 @@ def connected(engine: Engine, user_id: int, integration: str, connected_at: dt.d
 @dataclasses.dataclass
 class WaitFilter:
     user_id: int
+    key: ApiKey | None = None  # read for an API key: only what it may see (keys.visible)
     statuses: list[str] | None = None
     idempotency_key: str | None = None
     tags: list[str] | None = None
@@ -208,7 +210,8 @@ class WaitFilter:
 
 def search(engine: Engine, f: WaitFilter) -> list[Waitpoint]:
     expire_due(engine)
-    statement = select(Waitpoint.__table__).where(Waitpoint.user_id == f.user_id)
+    owner = keys.visible(f.key, Waitpoint) if f.key is not None else Waitpoint.user_id == f.user_id
+    statement = select(Waitpoint.__table__).where(owner)
     if f.statuses:
         statement = statement.where(Waitpoint.status.in_(f.statuses))
     if f.idempotency_key:

@@ -10,9 +10,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from . import waitpoints
+from . import keys, waitpoints
 from .errors import BadRequest, NotFound, Unauthorized
-from .models import Waitpoint, utcnow
+from .models import ApiKey, Waitpoint, utcnow
 from .requests import MAX_BODY_BYTES, api_key, bearer, json_object, query_time
 from .services import Services
 
@@ -56,6 +56,13 @@ def urls(services: Services, waitpoint: Waitpoint) -> dict[str, str]:
 def reference(services: Services, waitpoint: Waitpoint) -> dict[str, str]:
     """What an error or a held call carries so that a caller can wait on it."""
     return {"id": waitpoint.id, "wait_url": urls(services, waitpoint)["wait_url"]}
+
+
+def _for_key(services: Services, key: ApiKey, waitpoint_id: str, headers: dict[str, str] | None = None) -> Waitpoint:
+    found = waitpoints.get(services.engine, waitpoint_id, key.user_id)
+    if found is None or not keys.sees(key, found):
+        raise NotFound("There is no such waitpoint.", headers=headers)
+    return found
 
 
 def _iso(value: dt.datetime | None) -> str | None:
@@ -172,12 +179,10 @@ async def complete(request: Request) -> Response:
     if secret.startswith(PUBLIC_PREFIX):
         if _public_signer(services).loads(secret[len(PUBLIC_PREFIX) :]) != waitpoint_id:
             raise Unauthorized("The public access token is not valid for this waitpoint.", headers=CORS)
-        found = waitpoints.get(services.engine, waitpoint_id)
+        if waitpoints.get(services.engine, waitpoint_id) is None:
+            raise NotFound("There is no such waitpoint.", headers=CORS)
     else:
-        key = api_key(services, request)
-        found = waitpoints.get(services.engine, waitpoint_id, key.user_id)
-    if found is None:
-        raise NotFound("There is no such waitpoint.", headers=CORS)
+        _for_key(services, api_key(services, request), waitpoint_id, CORS)
     body = await _json_or_empty(request)
     if not isinstance(body, dict) or set(body) - {"data"}:
         raise BadRequest('Send {"data": <any JSON>} to complete a waitpoint.', headers=CORS)
@@ -202,10 +207,7 @@ def _seconds(value: str | None) -> float:
 
 async def wait(request: Request) -> Response:
     services = _services(request)
-    key = api_key(services, request)
-    found = waitpoints.get(services.engine, request.path_params["waitpoint_id"], key.user_id)
-    if found is None:
-        raise NotFound("There is no such waitpoint.")
+    found = _for_key(services, api_key(services, request), request.path_params["waitpoint_id"])
     current = await waitpoints.wait(services.engine, found, _seconds(request.query_params.get("timeout")))
     if current.status == "COMPLETED":
         return JSONResponse({"ok": True, "output": current.output})
@@ -225,11 +227,7 @@ async def wait(request: Request) -> Response:
 
 async def show(request: Request) -> Response:
     services = _services(request)
-    key = api_key(services, request)
-    found = waitpoints.get(services.engine, request.path_params["waitpoint_id"], key.user_id)
-    if found is None:
-        raise NotFound("There is no such waitpoint.")
-    return JSONResponse(describe(found))
+    return JSONResponse(describe(_for_key(services, api_key(services, request), request.path_params["waitpoint_id"])))
 
 
 async def list_waitpoints(request: Request) -> Response:
@@ -254,6 +252,7 @@ async def list_waitpoints(request: Request) -> Response:
         services.engine,
         waitpoints.WaitFilter(
             user_id=key.user_id,
+            key=key,
             statuses=statuses or None,
             idempotency_key=q.get("idempotencyKey"),
             tags=tags,

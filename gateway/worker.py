@@ -195,7 +195,8 @@ class Worker:
                 logger.exception("a run-finished hook failed for %s", run.id)
         if finished.callback_url and finished.api_key_id:
             key = keys.by_id(self.services.engine, finished.api_key_id)
-            if key is not None:
+            # A key narrowed since it queued the call is told nothing more about it.
+            if key is not None and keys.sees(key, finished):
                 secret = callbacks.secret_for(self.services.settings, key)
                 payload = describe(self.services, finished)
                 task = asyncio.create_task(

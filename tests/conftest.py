@@ -133,7 +133,12 @@ class Gateway:
         return keys.create(self.engine, user_id, **kwargs)[1]  # type: ignore[arg-type]
 
     def connect(
-        self, user_id: int, provider: ProviderState, integration: str = "github", **token_changes: object
+        self,
+        user_id: int,
+        provider: ProviderState,
+        integration: str = "github",
+        account: str = "octocat",
+        **token_changes: object,
     ) -> None:
         token = {**provider.mint(), **token_changes}
         connections.save(
@@ -145,7 +150,7 @@ class Gateway:
             refresh_token=token.get("refresh_token"),
             expires_at=connections.expires_at_from(token),
             scopes=token.get("scope"),
-            account="octocat",
+            account=account,
         )
 
     def run(self, run_id: str) -> Run:
