@@ -147,9 +147,7 @@ class Run:
             engine.dispose()
         port = free_port()
         url = f"http://127.0.0.1:{port}"
-        env = data.gateway_env(
-            f"sqlite:///{database}", upstream, GATEWAY_DATA_DIR=str(self.tmp), GATEWAY_PUBLIC_URL=url
-        )
+        env = data.gateway_env(f"sqlite:///{database}", upstream, GATEWAY_HOME=str(self.tmp), GATEWAY_PUBLIC_URL=url)
         child = self.children.start(name, [GATEWAY, "serve", "--host", "127.0.0.1", "--port", str(port)], env, url)
         child.wait_ready("/v1/integrations")
         return child, account.secret

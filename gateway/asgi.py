@@ -7,5 +7,7 @@ from .app import create_app
 from .settings import from_env
 
 _settings = from_env()
-logs.configure(_settings.log_level, _settings.log_json)
+# Under `gateway serve --workers N` uvicorn has already applied our logging configuration (with --json).
+if not logs.configured():
+    logs.configure(_settings.log_level, _settings.log_json)
 app = create_app(_settings)

@@ -55,7 +55,12 @@ class GatewayProcess:
     def serve(cls, env: dict[str, str], *extra: str) -> GatewayProcess:
         port = free_port()
         proc = cls(["serve", "--host", "127.0.0.1", "--port", str(port), *extra], env, port)
-        proc.wait_ready()
+        try:
+            proc.wait_ready()
+        except BaseException:
+            # Not left running (with --workers, restarting its children forever) when it never got ready.
+            proc.kill()
+            raise
         return proc
 
     def wait_ready(self, timeout: float = 30) -> None:

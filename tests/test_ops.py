@@ -55,16 +55,14 @@ def test_metrics_token(settings, provider) -> None:
         gw.http.close()
 
 
-def test_json_logs_carry_the_request_id(gateway: Gateway, capsys: pytest.CaptureFixture[str]) -> None:
+def test_json_logs_carry_the_request_id(
+    gateway: Gateway, capsys: pytest.CaptureFixture[str], restore_logging: None
+) -> None:
     logs.configure("INFO", json_lines=True)
-    try:
-        logging.getLogger("gateway.test").info("hello")
-        token = logs.request_id_var.set("req_abc")
-        logging.getLogger("gateway.test").warning("inside")
-        logs.request_id_var.reset(token)
-    finally:
-        logging.getLogger("gateway").handlers.clear()
-        logging.getLogger("gateway").propagate = True
+    logging.getLogger("gateway.test").info("hello")
+    token = logs.request_id_var.set("req_abc")
+    logging.getLogger("gateway.test").warning("inside")
+    logs.request_id_var.reset(token)
     lines = [json.loads(line) for line in capsys.readouterr().err.strip().splitlines()]
     assert lines[0]["message"] == "hello" and lines[0]["request_id"] == "-"
     assert lines[1]["request_id"] == "req_abc" and lines[1]["level"] == "WARNING"
