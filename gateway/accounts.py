@@ -106,10 +106,14 @@ async def logout(request: Request) -> Response:
     return response
 
 
+def _plan(request: Request, user: User) -> dict[str, bool]:
+    return {"plan_known": services_of(request).plans.known(user.plan)}
+
+
 @page
 async def account_page(request: Request, user: User) -> Response:
     done = request.query_params.get("done") == "password"
-    return render(request, "account.html", {"error": None, "done": done})
+    return render(request, "account.html", {"error": None, "done": done, **_plan(request, user)})
 
 
 @action
@@ -118,7 +122,7 @@ async def change_password(request: Request, user: User, form: FormData) -> Respo
     current, new = field(form, "current_password"), field(form, "new_password")
 
     def again(error: str, status: int) -> Response:
-        return render(request, "account.html", {"error": error, "done": False}, status)
+        return render(request, "account.html", {"error": error, "done": False, **_plan(request, user)}, status)
 
     if new != field(form, "new_password_confirm"):
         return again("The two new passwords are not the same.", 400)

@@ -18,6 +18,7 @@ from .errors import BadRequest, IdempotencyInProgress, IdempotencyMismatch, NotF
 from .execute import execute, resolve
 from .jsoncodec import JSONAnswer
 from .models import ApiKey, Run, utcnow
+from .oauth import not_set_up
 from .openapi import describe_endpoint, describe_integration, openapi_document
 from .params import validate as validate_params
 from .requests import api_key, json_object
@@ -175,6 +176,11 @@ async def start_connection(request: Request) -> Response:
     key = api_key(services, request)
     name = request.path_params["name"]
     tools.check_integration(services, key, name)
+    integration = services.registry.get(name)
+    assert integration is not None
+    unavailable = not_set_up(services.settings, integration)
+    if unavailable is not None:
+        raise unavailable
     plan = services.plans.for_user(services.engine, key.user_id)
     limits.ensure_can_connect(services.engine, services.settings, plan, key.user_id, name)
     waitpoint = waitpoints.connection_waitpoint(services.engine, key.user_id, name)

@@ -90,6 +90,8 @@ def save(
         refresh_lease_owner=None,
         updated_at=now,
         connected_at=now,
+        last_error=None,
+        last_error_at=None,
     )
     with engine.begin() as c:
         updated = c.execute(
@@ -106,6 +108,29 @@ def save(
     assert found is not None
     waitpoints.connected(engine, user_id, integration, now)
     return found
+
+
+def record_error(engine: Engine, connection: Connection, message: str) -> None:
+    """Marks the connection as refused by its upstream, for its page to say so."""
+    forget(engine, connection.user_id, connection.integration)
+    with engine.begin() as c:
+        c.execute(
+            update(Connection)
+            .where(Connection.id == connection.id)
+            .values(last_error=message[:500], last_error_at=utcnow())
+        )
+
+
+def clear_error(engine: Engine, connection: Connection) -> None:
+    """A call went through again: the refusal is over. Only called when one is recorded, so a
+    successful call on a healthy connection writes nothing."""
+    forget(engine, connection.user_id, connection.integration)
+    with engine.begin() as c:
+        c.execute(
+            update(Connection)
+            .where(Connection.id == connection.id, Connection.last_error_at.is_not(None))
+            .values(last_error=None, last_error_at=None)
+        )
 
 
 def remove(engine: Engine, user_id: int, integration: str) -> bool:

@@ -23,6 +23,7 @@ from . import (
     call_pages,
     connections,
     history,
+    key_checks,
     key_pages,
     keys,
     limits,
@@ -31,7 +32,8 @@ from . import (
 )
 from .errors import PlanLimitReached
 from .models import Connection, User
-from .specs import ApiKeyAuth, Integration
+from .settings import env_name
+from .specs import ApiKeyAuth, Integration, OAuth2Auth
 from .web import action, field, page, redirect, render, safe_next, services_of, visitor
 
 CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -113,6 +115,25 @@ async def integration_page(request: Request, user: User) -> Response:
     return _integration_page(request, user, _integration(request))
 
 
+@page
+async def setup_page(request: Request, user: User) -> Response:
+    """What the operator must do before anyone can connect an OAuth integration (the action_url of
+    `integration_not_connected` when it is not set up)."""
+    integration = _integration(request)
+    auth = integration.spec.auth
+    if not isinstance(auth, OAuth2Auth):
+        raise HTTPException(404, f"{integration.display_name} needs no setup: each person pastes their own key.")
+    settings = services_of(request).settings
+    context = {
+        "integration": integration,
+        "auth": auth,
+        "problem": oauth.missing_configuration(settings, integration),
+        "callback_url": oauth.callback_url(settings, integration.name),
+        "variables": [env_name(integration.name, field) for field in ("CLIENT_ID", "CLIENT_SECRET")],
+    }
+    return render(request, "setup.html", context)
+
+
 def _connection_fields(integration: Integration, form: FormData) -> dict[str, str]:
     values: dict[str, str] = {}
     for name, label in integration.spec.connection_fields.items():
@@ -143,6 +164,14 @@ async def connect(request: Request, user: User, form: FormData) -> Response:
         secret = field(form, "secret", 5000).strip()
         if not secret or len(secret) > 4096 or CONTROL.search(secret):
             return _integration_page(request, user, integration, error=f"Paste your {auth.label}.", status=400)
+        if not secret.isascii():
+            # A key copied from a document can pick up typographic quotes or non-breaking spaces.
+            message = f"This {auth.label} holds characters no key has (quotes, special spaces?); paste it again."
+            return _integration_page(request, user, integration, error=message, status=400)
+        try:
+            await key_checks.check(services, integration, secret, fields or None)
+        except oauth.ConnectError as exc:
+            return _integration_page(request, user, integration, error=exc.message, status=exc.status)
         connections.save(
             services.engine,
             services.box,
@@ -207,6 +236,7 @@ async def usage_page(request: Request, user: User) -> Response:
         "connections": history.connections_count(services.engine, user_id),
         "keys": key_rows,
         "plan": services.plans.get(user.plan),
+        "plan_known": services.plans.known(user.plan),
         "plan_calls": limits.used_today(services.engine, limits.user_subject(user_id)),
         "day_started": history.utc_midnight(),
         "resets": limits.next_reset(),
@@ -220,6 +250,7 @@ routes = [
     *accounts.routes,
     Route("/dashboard/integrations", integrations_page, methods=["GET"]),
     Route("/dashboard/integrations/{name}", integration_page, methods=["GET"]),
+    Route("/dashboard/integrations/{name}/setup", setup_page, methods=["GET"]),
     Route("/dashboard/integrations/{name}/connect", connect, methods=["POST"]),
     Route("/dashboard/integrations/{name}/disconnect", disconnect, methods=["POST"]),
     Route("/oauth/{name}/callback", callback, methods=["GET"]),

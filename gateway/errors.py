@@ -5,6 +5,7 @@
     ├── Unauthorized               401 unauthorized
     ├── TokenExpired               401 token_expired
     ├── IntegrationNotConnected    403 integration_not_connected
+    │   └── IntegrationNotSetUp        (the same code: the operator has not set the integration up)
     ├── ScopeNotAllowed            403 scope_not_allowed
     ├── ApprovalDenied             403 approval_denied
     ├── PlanLimitReached           403 plan_limit_reached
@@ -83,6 +84,10 @@ class IntegrationNotConnected(GatewayError):
     """The person has not connected this integration yet."""
 
     code, status = "integration_not_connected", 403
+
+
+class IntegrationNotSetUp(IntegrationNotConnected):
+    """Nobody can connect this integration yet: the operator has not given the gateway its OAuth app."""
 
 
 class ScopeNotAllowed(GatewayError):
@@ -176,4 +181,6 @@ def all_error_classes() -> list[type[GatewayError]]:
         cls = stack.pop()
         found.append(cls)
         stack.extend(cls.__subclasses__())
-    return sorted({c for c in found if c is not GatewayError}, key=lambda c: (c.status, c.code))
+    # A subclass that only narrows the case (IntegrationNotSetUp) answers with its parent's code.
+    coded = {c for c in found if c is not GatewayError and "code" in vars(c)}
+    return sorted(coded, key=lambda c: (c.status, c.code))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import logging
 import time
 from typing import Any
@@ -14,6 +15,7 @@ from .errors import (
     BadRequest,
     GatewayError,
     IntegrationNotConnected,
+    IntegrationNotSetUp,
     InternalError,
     NotFound,
     ScopeNotAllowed,
@@ -21,7 +23,8 @@ from .errors import (
     TokenExpired,
     UpstreamTimeout,
 )
-from .models import ApiKey, Connection
+from .models import ApiKey, Connection, utcnow
+from .oauth import not_set_up
 from .params import validate as validate_params
 from .runs import RunRecord
 from .services import Services
@@ -57,6 +60,9 @@ def load_connection(services: Services, key: ApiKey, endpoint: CompiledEndpoint)
     integration = endpoint.integration
     connection = connections.cached(services.engine, key.user_id, integration.name)
     if connection is None:
+        unavailable = not_set_up(services.settings, integration)
+        if unavailable is not None:
+            raise unavailable
         raise IntegrationNotConnected(
             f"{integration.display_name} is not connected for this account.",
             action_url=links.integration(services.settings, integration.name),
@@ -120,6 +126,7 @@ async def call(
         record.refreshed = True
 
     response = await _send(services, endpoint, params, connection, record)
+    record.upstream_status = response.status
     if response.status == 401 and oauth:
         if record.refreshed:
             raise services.tokens.expired_error(
@@ -128,14 +135,18 @@ async def call(
         connection = await services.tokens.refresh(integration, connection)
         record.refreshed = True
         response = await _send(services, endpoint, params, connection, record)
+        record.upstream_status = response.status
         if response.status == 401:
             # A token fresh from the provider is still refused: only a new connection can help.
             services.tokens.mark_needs_reconnect(connection)
             raise services.tokens.expired_error(
                 integration, f"{integration.display_name} still answered 401 after a token refresh; reconnect."
             )
+    if not oauth:
+        _track_refusal(services, connection, response.status, response.data)
+    if response.status >= 400:
+        record.error_message = upstream.error_message(response.data, services.tokens.access_token(connection))
 
-    record.upstream_status = response.status
     body: dict[str, Any] = {"status": response.status, "data": response.data}
     if response.headers:
         body["headers"] = dict(response.headers)
@@ -152,6 +163,24 @@ async def call(
         record.error_message = message[:500]
         http_status = 502
     return CallResult(http_status=http_status, body=body, headers=_response_headers(response.headers))
+
+
+# A key refused again and again is marked once a minute, not once per call.
+REFUSAL_MARKED_FOR = dt.timedelta(minutes=1)
+
+
+def _track_refusal(services: Services, connection: Connection, status: int, data: Any) -> None:
+    """A pasted key its upstream refuses (401) shows that on its integration's page, until a call
+    succeeds again. Best effort: the caller gets the upstream's answer whatever happens here."""
+    marked = connection.last_error_at
+    try:
+        if status == 401 and (marked is None or utcnow() - marked > REFUSAL_MARKED_FOR):
+            reason = upstream.error_message(data, services.tokens.access_token(connection))
+            connections.record_error(services.engine, connection, f"401 {reason}" if reason else "401")
+        elif status < 400 and marked is not None:
+            connections.clear_error(services.engine, connection)
+    except DBAPIError:
+        logger.warning("could not record the upstream's answer %s on connection %s", status, connection.id)
 
 
 def _response_headers(upstream_headers: dict[str, str]) -> dict[str, str]:
@@ -205,7 +234,7 @@ async def _execute(
                 usage.remaining = None if usage.remaining is None else usage.remaining + 1
             for name, value in usage.headers().items():
                 exc.headers.setdefault(name, value)
-        if isinstance(exc, (IntegrationNotConnected, TokenExpired)):
+        if isinstance(exc, (IntegrationNotConnected, TokenExpired)) and not isinstance(exc, IntegrationNotSetUp):
             # Something an agent can wait on while its person fixes the connection.
             waitpoint = waitpoints.connection_waitpoint(services.engine, key.user_id, integration)
             exc.extra["waitpoint"] = reference(services, waitpoint)
@@ -250,3 +279,14 @@ def _save(services: Services, key: ApiKey, record: RunRecord, body: dict[str, An
     _count(services, record, record.error_code or "ok")
     runs.save_direct(services.batcher, services.box, record, body)
     keys.touch(services.engine, key.id or 0)
+
+
+async def try_key(
+    services: Services, endpoint: CompiledEndpoint, params: dict[str, Any], secret: str, extra: dict[str, Any] | None
+) -> upstream.UpstreamResponse:
+    """One call with a pasted key that is not stored yet (a spec's `auth.verify`): built and sent as
+    every call is, and recorded nowhere."""
+    unsaved = Connection(
+        user_id=0, integration=endpoint.integration.name, access_token=services.box.encrypt(secret), extra=extra
+    )
+    return await _send(services, endpoint, params, unsaved, RunRecord.start())

@@ -36,6 +36,9 @@ class Filters:
     endpoint: str | None = None
     status: str | None = None
     key_id: int | None = None
+    since: dt.datetime | None = None  # created at or after
+    until: dt.datetime | None = None  # created before
+    run_id: str | None = None
 
     @property
     def active(self) -> bool:
@@ -60,6 +63,9 @@ def page(
             endpoint=filters.endpoint,
             statuses=[filters.status] if filters.status else None,
             api_key_id=filters.key_id,
+            since=filters.since,
+            until=filters.until,
+            run_id=filters.run_id,
             before_id=before,
             limit=limit + 1,
         ),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException
@@ -10,8 +11,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from . import history, keys
+from . import connections, history, keys, oauth
 from .models import ApiKey, User
+from .specs import CompiledEndpoint
 from .web import action, field, page, redirect, render, services_of
 
 MAX_DAILY_LIMIT = 1_000_000_000
@@ -86,7 +88,37 @@ async def create_key(request: Request, user: User, form: FormData) -> Response:
         require_approval=chosen.require_approval,
     )
     # Shown in this response only: the secret is in no URL, cookie or log, and the page is not cached.
-    return render(request, "key_created.html", {"key": key, "secret": secret}, 201)
+    context = {"key": key, "secret": secret, "example": _example(request, user, key)}
+    return render(request, "key_created.html", context, 201)
+
+
+@dataclasses.dataclass(frozen=True)
+class Example:
+    """A first call to try with a new key: one that can work on this gateway and changes nothing."""
+
+    endpoint: CompiledEndpoint
+    params: str
+    connected: bool
+
+
+def _example(request: Request, user: User, key: ApiKey) -> Example | None:
+    services = services_of(request)
+    connected = {c.integration for c in connections.list_for_user(services.engine, user.id or 0)}
+    usable = [
+        i
+        for i in services.registry
+        if keys.allows(key, i.name) and oauth.missing_configuration(services.settings, i) is None
+    ]
+    # What the person has connected first: that call can succeed right away.
+    for integration in sorted(usable, key=lambda i: i.name not in connected):
+        reads = [e for e in integration.endpoints.values() if e.read_only]
+        # Fewest required params first: an example that needs no made-up ids.
+        reads.sort(key=lambda e: sum(p.required for p in e.spec.params.values()))
+        if reads:
+            # Shown inside single quotes in a shell command.
+            params = json.dumps({"params": reads[0].example_params()}, ensure_ascii=False).replace("'", "'\\''")
+            return Example(reads[0], params, integration.name in connected)
+    return None
 
 
 def _key(request: Request, user: User) -> ApiKey:

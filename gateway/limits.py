@@ -149,7 +149,8 @@ def ensure_can_connect(engine: Engine, settings: Settings, plan: Plan, user_id: 
         ).first()
     if existing is None and connections_used(engine, user_id) >= plan.max_connections:
         raise PlanLimitReached(
-            f"The {plan.name} plan allows {plan.max_connections} connected integrations; "
+            # Not the plan's name: a person whose plan left the plans file gets the default's limits.
+            f"This account's plan allows {plan.max_connections} connected integrations; "
             "disconnect one or move to a larger plan.",
             action_url=links.usage(settings),
         )

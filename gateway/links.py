@@ -12,6 +12,11 @@ def integration(settings: Settings, name: str, *, reconnect: bool = False) -> st
     return settings.action_url(f"/dashboard/integrations/{quote(name, safe='')}{query}")
 
 
+def setup(settings: Settings, name: str) -> str:
+    """The page that explains what the operator must do before anyone can connect an integration."""
+    return settings.action_url(f"/dashboard/integrations/{quote(name, safe='')}/setup")
+
+
 def api_key(settings: Settings, key_id: int) -> str:
     return settings.action_url(f"/dashboard/keys/{key_id}")
 

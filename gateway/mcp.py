@@ -29,9 +29,10 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from . import connections, keys, limits, links, tools, waitpoints
-from .errors import BadRequest, GatewayError, NotFound, ServiceUnavailable
+from .errors import BadRequest, GatewayError, IntegrationNotSetUp, NotFound, ServiceUnavailable
 from .execute import CallResult, execute
 from .models import ApiKey, Connection, utcnow
+from .oauth import not_set_up
 from .requests import api_key
 from .runs import RunRecord
 from .services import Services
@@ -231,6 +232,14 @@ class McpEndpoint:
         assert found is not None
         return found
 
+    def _connectable(self, caller: Caller, name: str) -> Integration:
+        """An integration a person can connect: waiting for one nobody can connect would be in vain."""
+        integration = self._integration(caller, name)
+        unavailable = not_set_up(caller.services.settings, integration)
+        if unavailable is not None:
+            raise unavailable
+        return integration
+
     async def _list_integrations(
         self, caller: Caller, arguments: dict[str, Any], ctx: ServerRequestContext[Any, Any]
     ) -> dict[str, Any]:
@@ -246,7 +255,7 @@ class McpEndpoint:
     async def _connect_integration(
         self, caller: Caller, arguments: dict[str, Any], ctx: ServerRequestContext[Any, Any]
     ) -> dict[str, Any]:
-        services, integration = caller.services, self._integration(caller, arguments["integration"])
+        services, integration = caller.services, self._connectable(caller, arguments["integration"])
         connection = self._connection(caller, integration)
         # One more connection than the plan allows is refused here too, not only in the dashboard.
         plan = services.plans.for_user(services.engine, caller.key.user_id)
@@ -264,7 +273,7 @@ class McpEndpoint:
     async def _wait_for_connection(
         self, caller: Caller, arguments: dict[str, Any], ctx: ServerRequestContext[Any, Any]
     ) -> dict[str, Any]:
-        services, integration = caller.services, self._integration(caller, arguments["integration"])
+        services, integration = caller.services, self._connectable(caller, arguments["integration"])
         timeout = float(arguments.get("timeout_seconds", WAIT_DEFAULT))
         message = f"Waiting for the person to connect {integration.display_name}"
         engine, user_id, since = services.engine, caller.key.user_id, utcnow()
@@ -302,6 +311,9 @@ class McpEndpoint:
 def describe(settings: Settings, integration: Integration, connection: Connection | None) -> dict[str, Any]:
     """An integration and the person's connection to it, as list_integrations shows it."""
     status = connection.status if connection is not None else "not_connected"
+    unavailable = not_set_up(settings, integration) if connection is None else None
+    if unavailable is not None:
+        status = "not_set_up"
     described: dict[str, Any] = {
         "integration": integration.name,
         "display_name": integration.display_name,
@@ -312,6 +324,8 @@ def describe(settings: Settings, integration: Integration, connection: Connectio
     if connection is not None and status == "connected":
         described["account"] = connection.account
         described["scopes"] = [s for s in re.split(r"[\s,]+", connection.scopes or "") if s]
+    elif unavailable is not None:
+        described["action_url"] = unavailable.action_url
     else:
         described["action_url"] = links.integration(settings, integration.name, reconnect=connection is not None)
     return described
@@ -363,7 +377,13 @@ def tool_result(data: dict[str, Any], *, is_error: bool = False) -> types.CallTo
 def error_result(exc: GatewayError, request_id: str | None, integration: str | None) -> types.CallToolResult:
     body = exc.body(request_id)
     body["retry_after"] = exc.headers.get("Retry-After")
-    body["next_step"] = next_step(exc.code, integration)
+    if isinstance(exc, IntegrationNotSetUp):
+        body["next_step"] = (
+            "Only the gateway's administrator can set this integration up: tell the person, and show them "
+            "action_url, which explains what to ask for. Waiting for a connection would not help."
+        )
+    else:
+        body["next_step"] = next_step(exc.code, integration)
     body["run_id"] = exc.headers.get("X-Run-Id")
     return tool_result(body, is_error=True)
 

@@ -126,6 +126,10 @@ class Connection(SQLModel, table=True):
     created_at: dt.datetime = Field(default_factory=utcnow)
     updated_at: dt.datetime = Field(default_factory=utcnow)
     connected_at: dt.datetime = Field(default_factory=utcnow)
+    # The upstream's last refusal of a pasted key (401), shown on the integration's page until a
+    # call succeeds again or the person reconnects.
+    last_error: str | None = Field(default=None, max_length=500)
+    last_error_at: dt.datetime | None = None
 
 
 # A queued call that is not over. The partial indexes below hold only such rows (or rows with an
@@ -210,7 +214,7 @@ class Waitpoint(SQLModel, table=True):
     id: str = Field(primary_key=True, max_length=48)
     user_id: int = Field(foreign_key="users.id")
     api_key_id: int | None = Field(default=None, foreign_key="api_keys.id")
-    # WAITING | COMPLETED | TIMED_OUT
+    # WAITING | COMPLETED | TIMED_OUT | CANCELLED
     status: str = Field(default="WAITING", max_length=16)
     # manual | connection | approval
     kind: str = Field(default="manual", max_length=16)

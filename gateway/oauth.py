@@ -23,8 +23,8 @@ from authlib.integrations.httpx_client import AsyncOAuth2Client
 from sqlalchemy import delete, select
 from sqlalchemy.engine import Engine
 
-from . import connections, limits, upstream
-from .errors import GatewayError, PlanLimitReached
+from . import connections, limits, links, upstream
+from .errors import GatewayError, IntegrationNotSetUp, PlanLimitReached
 from .models import Connection, OAuthState, utcnow
 from .services import Services
 from .settings import Settings
@@ -63,6 +63,19 @@ def missing_configuration(settings: Settings, integration: Integration) -> str |
         prefix = f"GATEWAY_{integration.name.upper().replace('-', '_')}"
         return f"The administrator has not set {prefix}_CLIENT_ID and {prefix}_CLIENT_SECRET."
     return None
+
+
+def not_set_up(settings: Settings, integration: Integration) -> IntegrationNotSetUp | None:
+    """What a caller is told about an integration nobody can connect yet, or None when one can.
+    Waiting for a connection would be in vain, so it carries no waitpoint."""
+    if missing_configuration(settings, integration) is None:
+        return None
+    name = integration.display_name
+    return IntegrationNotSetUp(
+        f"{name} is not set up on this gateway: its administrator must first register an OAuth app with "
+        f"{name} and give the gateway its client id and secret. Nobody can connect it until then.",
+        action_url=links.setup(settings, integration.name),
+    )
 
 
 def _client(settings: Settings, integration: Integration, redirect_uri: str) -> AsyncOAuth2Client:

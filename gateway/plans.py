@@ -68,7 +68,11 @@ class PlanBook:
     _cache: dict[int, tuple[float, str]] = dataclasses.field(default_factory=dict)
 
     def get(self, name: str) -> Plan:
+        """The plan whose limits apply to `name`: a name the book lacks gets the default plan's."""
         return self.plans.get(name) or self.plans.get(self.default) or Plan(name=name)
+
+    def known(self, name: str) -> bool:
+        return name in self.plans
 
     def for_user(self, engine: Engine, user_id: int) -> Plan:
         now = time.monotonic()

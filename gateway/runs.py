@@ -356,6 +356,7 @@ class RunFilter:
     since: dt.datetime | None = None
     until: dt.datetime | None = None
     before_id: str | None = None
+    run_id: str | None = None
     limit: int = 50
 
 
@@ -379,6 +380,8 @@ def search(engine: Engine, f: RunFilter, columns: list[Any] | None = None) -> li
         statement = statement.where(Run.created_at < f.until)
     if f.before_id:
         statement = statement.where(Run.id < f.before_id)
+    if f.run_id:
+        statement = statement.where(Run.id == f.run_id)
     statement = statement.order_by(Run.id.desc()).limit(f.limit)
     with engine.connect() as c:
         return [from_row(Run, r._mapping) for r in c.execute(statement).all()]

@@ -18,6 +18,7 @@ from jsonschema.exceptions import SchemaError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from . import params
+from .errors import BadRequest
 from .settings import BUILTIN_INTEGRATIONS, Settings
 
 NAME = r"^[a-z][a-z0-9-]{0,62}$"  # no "_": GATEWAY_<NAME>_* maps "_" back to "-"
@@ -66,6 +67,13 @@ class OAuth2Auth(Strict):
     lookups: list[ConnectionLookup] = []
 
 
+class VerifyCall(Strict):
+    """The cheap read a pasted key must pass before it is stored: one of the spec's read-only endpoints."""
+
+    endpoint: str
+    params: dict[str, Any] = {}
+
+
 class ApiKeyAuth(Strict):
     type: Literal["api_key"]
     placement: Literal["header", "query"] = "header"
@@ -73,6 +81,13 @@ class ApiKeyAuth(Strict):
     template: str = "Bearer {api_key}"
     label: str = "API key"
     help: str | None = None
+    # `verify: list_models`, or `verify: {endpoint: get_model, params: {model: ...}}`; checked in compile_spec.
+    verify: VerifyCall | None = None
+
+    @field_validator("verify", mode="before")
+    @classmethod
+    def _endpoint_name(cls, value: Any) -> Any:
+        return {"endpoint": value} if isinstance(value, str) else value
 
     @field_validator("template")
     @classmethod
@@ -395,7 +410,24 @@ def compile_spec(spec: Spec, source: Path) -> Integration:
                 (n, p.name or n, p.location, p.explode) for n, p in endpoint.params.items() if p.location != "path"
             ),
         )
+    if isinstance(spec.auth, ApiKeyAuth) and spec.auth.verify is not None:
+        _check_verify(integration, spec.auth.verify, source)
     return integration
+
+
+def _check_verify(integration: Integration, verify: VerifyCall, source: Path) -> None:
+    """A key check must be a call that changes nothing and that the gateway can always make."""
+    where = f"{source}: auth.verify"
+    endpoint = integration.endpoints.get(verify.endpoint)
+    if endpoint is None:
+        raise SpecError(f"{where}: '{verify.endpoint}' is not an endpoint of this spec")
+    if not endpoint.read_only:
+        raise SpecError(f"{where}: '{verify.endpoint}' must be a read-only endpoint")
+    try:
+        params.validate(endpoint, dict(verify.params))
+    except BadRequest as exc:
+        problems = "; ".join(f"{p['field']}: {p['message']}" for p in exc.details or [])
+        raise SpecError(f"{where}.params: {problems or exc.message}") from None
 
 
 def load_file(path: Path) -> Integration:

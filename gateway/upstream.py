@@ -240,3 +240,45 @@ def decode_body(content: bytes, content_type: str) -> Any:
         except ValueError:
             pass
     return content.decode("utf-8", errors="replace")
+
+
+MESSAGE_LIMIT = 300
+# Where providers put a human-readable reason in an error body, most specific first: OAuth's
+# error_description, GitHub's and Notion's message, Stripe's, OpenAI's, Google's and Graph's
+# error.message, Slack's error, Dropbox's error_summary, Asana's and GraphQL's errors[0].message,
+# Jira's errorMessages[0].
+MESSAGE_FIELDS = ("error_description", "message", "error", "error_summary", "errors", "errorMessages", "detail")
+
+
+def error_message(data: Any, secret: str | None = None) -> str | None:
+    """A short reason from an upstream's error body, or None. Never the secret that was sent: some
+    providers echo a wrong key back in their message."""
+    found = _message_in(data, depth=0)
+    if found is None:
+        return None
+    text = " ".join(CONTROL.sub(" ", found).split())
+    if secret and len(secret) >= 4:
+        text = text.replace(secret, "[redacted]")
+    if len(text) > MESSAGE_LIMIT:
+        text = text[: MESSAGE_LIMIT - 1] + "…"
+    return text or None
+
+
+def _message_in(data: Any, depth: int) -> str | None:
+    if depth > 2:
+        return None
+    if isinstance(data, str):
+        # A text body is a message when it is short prose, not an HTML error page.
+        stripped = data.strip()
+        return stripped if stripped and len(stripped) <= 1000 and not stripped.startswith("<") else None
+    if isinstance(data, list):
+        return _message_in(data[0], depth + 1) if data else None
+    if not isinstance(data, dict):
+        return None
+    for name in MESSAGE_FIELDS:
+        value = data.get(name)
+        if isinstance(value, (dict, list)):
+            value = _message_in(value, depth + 1)
+        if isinstance(value, str) and value.strip():
+            return value
+    return None

@@ -1,16 +1,21 @@
-"""The waitpoints page: this person's waitpoints (callbacks, connections, approvals) and their status."""
+"""Waitpoint pages: this person's waitpoints (callbacks, connections, approvals), one page each, and cancelling."""
 
 from __future__ import annotations
 
+import json
+
+from starlette.datastructures import FormData
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from . import waitpoints
-from .models import User
-from .web import page, render, services_of
+from .models import User, Waitpoint
+from .web import action, page, redirect, render, services_of
 
 PAGE = 50
+MAX_SHOWN_OUTPUT = 20_000
 
 
 @page
@@ -40,4 +45,42 @@ async def waitpoints_page(request: Request, user: User) -> Response:
     return render(request, "waitpoints.html", context)
 
 
-routes = [Route("/dashboard/waitpoints", waitpoints_page, methods=["GET"])]
+def _waitpoint(request: Request, user: User) -> Waitpoint:
+    found = waitpoints.get(services_of(request).engine, request.path_params["waitpoint_id"][:48], user.id or 0)
+    if found is None:
+        raise HTTPException(404, "There is no waitpoint with that id in your account.")
+    return found
+
+
+def _shown(value: object) -> str | None:
+    if value is None:
+        return None
+    text = json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True)
+    return text if len(text) <= MAX_SHOWN_OUTPUT else text[:MAX_SHOWN_OUTPUT] + "\n… (cut here)"
+
+
+@page
+async def waitpoint_page(request: Request, user: User) -> Response:
+    waitpoint = _waitpoint(request, user)
+    context = {
+        "w": waitpoint,
+        "output": _shown(waitpoint.output),
+        "error": _shown(waitpoint.error),
+        "cancellable": waitpoint.status == "WAITING" and waitpoint.kind in waitpoints.CANCELLABLE,
+        "done": request.query_params.get("done"),
+    }
+    return render(request, "waitpoint.html", context)
+
+
+@action
+async def cancel(request: Request, user: User, form: FormData) -> Response:
+    waitpoint = _waitpoint(request, user)
+    cancelled = waitpoints.cancel(services_of(request).engine, waitpoint.id, user.id or 0)
+    return redirect(f"/dashboard/waitpoints/{waitpoint.id}?done={'cancelled' if cancelled else 'not-cancelled'}")
+
+
+routes = [
+    Route("/dashboard/waitpoints", waitpoints_page, methods=["GET"]),
+    Route("/dashboard/waitpoints/{waitpoint_id}", waitpoint_page, methods=["GET"]),
+    Route("/dashboard/waitpoints/{waitpoint_id}/cancel", cancel, methods=["POST"]),
+]

@@ -30,7 +30,9 @@ UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 MAX_TIMEOUT = dt.timedelta(days=30)
 CONNECTION_TIMEOUT = dt.timedelta(hours=1)
 POLL_EVERY = 0.5
-STATUSES = ("WAITING", "COMPLETED", "TIMED_OUT")
+STATUSES = ("WAITING", "COMPLETED", "TIMED_OUT", "CANCELLED")
+# Kinds a person may cancel: an approval's waitpoint ends when they decide on the held call.
+CANCELLABLE = ("manual", "connection")
 
 
 def parse_duration(value: Any, field: str) -> dt.timedelta:
@@ -120,6 +122,34 @@ def complete(engine: Engine, waitpoint_id: str, output: Any) -> bool:
                 update(Waitpoint)
                 .where(Waitpoint.id == waitpoint_id, Waitpoint.status == "WAITING", Waitpoint.timeout_at > utcnow())
                 .values(status="COMPLETED", output=output, completed_at=utcnow())
+            ).rowcount
+            == 1
+        )
+    if won:
+        notifier_for(engine).wake(waitpoint_id)
+    return won
+
+
+def cancel(engine: Engine, waitpoint_id: str, user_id: int) -> bool:
+    """Ends a waiting waitpoint with a `cancelled` error, like a timeout that came early: whoever
+    waits on it gets that error at once. Returns whether this call cancelled it."""
+    now = utcnow()
+    with engine.begin() as c:
+        won = (
+            c.execute(
+                update(Waitpoint)
+                .where(
+                    Waitpoint.id == waitpoint_id,
+                    Waitpoint.user_id == user_id,
+                    Waitpoint.kind.in_(CANCELLABLE),
+                    Waitpoint.status == "WAITING",
+                    Waitpoint.timeout_at > now,
+                )
+                .values(
+                    status="CANCELLED",
+                    completed_at=now,
+                    error={"code": "cancelled", "message": "The person cancelled this waitpoint in the dashboard."},
+                )
             ).rowcount
             == 1
         )

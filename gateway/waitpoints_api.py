@@ -143,6 +143,8 @@ def _completion(services: Services, waitpoint_id: str, output: Any) -> JSONRespo
         message = "Completed."
     elif status == "TIMED_OUT":
         message = "The waitpoint had already timed out; nothing changed."
+    elif status == "CANCELLED":
+        message = "The waitpoint had been cancelled; nothing changed."
     else:
         message = "The waitpoint was already completed; the first completion stands."
     return JSONResponse({"id": waitpoint_id, "completed": won, "status": status, "message": message}, headers=CORS)
@@ -211,7 +213,7 @@ async def wait(request: Request) -> Response:
     current = await waitpoints.wait(services.engine, found, _seconds(request.query_params.get("timeout")))
     if current.status == "COMPLETED":
         return JSONResponse({"ok": True, "output": current.output})
-    if current.status == "TIMED_OUT":
+    if current.status in ("TIMED_OUT", "CANCELLED"):
         return JSONResponse({"ok": False, "error": current.error})
     return JSONResponse(
         {

@@ -67,6 +67,13 @@ def _when(value: dt.datetime | None) -> str:
     return value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if value else "—"
 
 
+def _when_ms(value: dt.datetime | None) -> str:
+    if value is None:
+        return "—"
+    utc = value.astimezone(dt.UTC)
+    return f"{utc:%Y-%m-%d %H:%M:%S}.{utc.microsecond // 1000:03d} UTC"
+
+
 def _ago(value: dt.datetime | None) -> str:
     if value is None:
         return "never"
@@ -87,6 +94,7 @@ def _environment() -> jinja2.Environment:
         lstrip_blocks=True,
     )
     env.filters["when"] = _when
+    env.filters["when_ms"] = _when_ms
     env.filters["ago"] = _ago
     env.filters["urlpart"] = lambda value: quote(str(value), safe="")
     env.globals["asset_version"] = _asset_version()

@@ -51,3 +51,27 @@ def test_readme_starts_with_the_two_commands() -> None:
     ci = (ROOT / ".ci" / "run").read_text()
     install = blocks[0].split("&&")[1].strip()
     assert install in ci and "scripts/test.sh" in ci
+
+
+def test_the_quick_start_says_what_to_do_next() -> None:
+    start = README[README.index("## Quick start") : README.index("## Calling an integration")]
+    assert "http://127.0.0.1:8000/dashboard/signup" in start
+    # Every command runs from the virtual environment the first command made.
+    for block in re.findall(r"```sh\n(.*?)\n```", README, re.S):
+        for line in block.splitlines():
+            assert not re.match(r"^(GATEWAY_\S+ )*gateway ", line), line
+    link = re.search(r"\(docs/integrations\.md#([a-z0-9-]+)\)", start)
+    assert link, "the quick start links to how to register an OAuth app"
+    integrations = (ROOT / "docs" / "integrations.md").read_text()
+    heading = next(h for h in re.findall(r"^#+ (.+)$", integrations, re.M) if _anchor(h) == link.group(1))
+    section = re.split(rf"^#+ {re.escape(heading)}$", integrations, flags=re.M)[1].split("\n## ", 1)[0]
+    for needed in (
+        "<GATEWAY_PUBLIC_URL>/oauth/<name>/callback",
+        "GATEWAY_<NAME>_CLIENT_ID",
+        "GATEWAY_<NAME>_CLIENT_SECRET",
+    ):
+        assert needed in section, needed
+
+
+def _anchor(heading: str) -> str:
+    return re.sub(r"[^a-z0-9 -]", "", heading.lower()).replace(" ", "-")

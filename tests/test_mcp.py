@@ -137,6 +137,27 @@ async def test_an_unconnected_integration_gives_an_actionable_error(gateway: Gat
     assert provider.api_requests() == []
 
 
+async def test_an_integration_without_an_oauth_app_says_so_and_opens_no_waitpoint(gateway: Gateway, provider) -> None:
+    secret = gateway.key(gateway.user())
+    setup = "http://127.0.0.1:9999/dashboard/integrations/slack/setup"
+    results = [
+        await call(gateway, secret, "slack_list_users"),
+        await call(gateway, secret, "connect_integration", {"integration": "slack"}),
+        await call(gateway, secret, "wait_for_connection", {"integration": "slack", "timeout_seconds": 30}),
+    ]
+    for result in results:
+        lines = error_lines(result)
+        assert lines["error"] == "integration_not_connected"
+        assert "Slack is not set up on this gateway" in lines["message"]
+        assert lines["action_url"] == setup
+        assert "waitpoint" not in lines and "administrator" in lines["next_step"]
+        assert "wait_for_connection" not in lines["next_step"]
+    listed = (await call(gateway, secret, "list_integrations")).structured_content["integrations"]
+    [slack] = [i for i in listed if i["integration"] == "slack"]
+    assert slack["status"] == "not_set_up" and slack["action_url"] == setup
+    assert provider.api_requests() == []
+
+
 async def test_a_reconnect_error_links_to_reconnect(gateway: Gateway, account) -> None:
     user_id, secret = account
     _set_status(gateway, user_id, "github", "needs_reconnect")

@@ -206,9 +206,47 @@ def test_disconnect_and_revoke_ask_first(page: Page, public_gateway: Gateway, pr
     expect(page.get_by_role("status")).to_contain_text("Key revoked")
 
 
+def test_filter_calls_by_time_and_cancel_a_waitpoint(page: Page, public_gateway: Gateway, offsite) -> None:  # type: ignore[no-untyped-def]
+    gw = public_gateway
+    sign_up(page, gw, "waiter@example.com")
+    user = users.by_email(gw.engine, "waiter@example.com")
+    assert user is not None and user.id is not None
+    secret = gw.key(user.id, name="waiter")
+    auth = {"Authorization": f"Bearer {secret}"}
+    run_id = gw.call(secret, "fakeapi", "text").headers["x-run-id"]  # not connected: a failed call, recorded
+
+    # The browser's own date-time field sends what the calls page reads, to the millisecond.
+    page.get_by_role("link", name="Calls").click()
+    when = page.locator(f'a[href="/dashboard/calls/{run_id}"] time').inner_text()
+    assert re.fullmatch(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}\.\d{3} UTC", when), when
+    page.get_by_label("From").fill(when[:10] + "T" + when[11:23])
+    page.get_by_label("To").fill(when[:10] + "T" + when[11:23])
+    page.get_by_role("button", name="Filter").click()
+    expect(page.locator("#calls tbody tr")).to_have_count(1)
+    page.get_by_label("From").fill("2000-01-01T00:00")
+    page.get_by_label("To").fill("2000-01-02T00:00")
+    page.get_by_role("button", name="Filter").click()
+    expect(page.get_by_text("No call matches these filters.")).to_be_visible()
+    audit(page)
+
+    created = httpx.post(f"{gw.url}/v1/waitpoints", json={"timeout": "1h", "tags": ["deploy"]}, headers=auth).json()
+    page.get_by_role("link", name="Waitpoints").click()
+    page.get_by_role("link", name=created["id"]).click()
+    expect(page.get_by_role("heading", level=1)).to_contain_text("waiting")
+    audit(page)
+    page.get_by_role("button", name="Cancel this waitpoint").click()  # the confirm dialog is accepted
+    expect(page.get_by_role("status")).to_contain_text("Cancelled.")
+    expect(page.get_by_role("heading", level=1)).to_contain_text("cancelled")
+    waited = httpx.get(f"{gw.url}/v1/waitpoints/{created['id']}/wait?timeout=5", headers=auth).json()
+    assert waited["ok"] is False and waited["error"]["code"] == "cancelled"
+    assert offsite.urls == []
+
+
 PAGES = [
     "/dashboard/integrations",
     "/dashboard/integrations/github",
+    "/dashboard/integrations/slack",
+    "/dashboard/integrations/slack/setup",
     "/dashboard/keys",
     "/dashboard/calls",
     "/dashboard/usage",
@@ -234,7 +272,18 @@ def test_pages_fit_a_phone_and_pass_the_audit(
     run_id = gw.call(secret, "github", "get_authenticated_user").headers["x-run-id"]
     careful = gw.key(user_id, name="careful", require_approval=True)
     held = gw.call(careful, "github", "create_issue", {"repo": "acme/webapp", "title": "A long title " * 8})
-    pages = [*PAGES, f"/dashboard/calls/{run_id}", f"/dashboard/approvals/{held.json()['id']}"]
+    waiting = gw.http.post(
+        "/v1/waitpoints",
+        json={"tags": ["a-rather-long-tag-name", "deploy"]},
+        headers={"Authorization": f"Bearer {secret}"},
+    ).json()["id"]
+    pages = [
+        *PAGES,
+        f"/dashboard/calls/{run_id}",
+        f"/dashboard/approvals/{held.json()['id']}",
+        f"/dashboard/waitpoints/{waiting}",
+        f"/dashboard/waitpoints/{held.json()['waitpoint']['id']}",
+    ]
     phone.goto(f"{gw.url}/dashboard/keys")
     pages.append(phone.get_by_role("link", name=re.compile("^Manage")).first.get_attribute("href") or "")
     for path in pages:
