@@ -130,7 +130,7 @@ def complete(engine: Engine, waitpoint_id: str, output: Any) -> bool:
     return won
 
 
-def cancel(engine: Engine, waitpoint_id: str, user_id: int) -> bool:
+def cancel(engine: Engine, waitpoint_id: str, user_id: int, by: str = "the person, in the dashboard") -> bool:
     """Ends a waiting waitpoint with a `cancelled` error, like a timeout that came early: whoever
     waits on it gets that error at once. Returns whether this call cancelled it."""
     now = utcnow()
@@ -148,7 +148,7 @@ def cancel(engine: Engine, waitpoint_id: str, user_id: int) -> bool:
                 .values(
                     status="CANCELLED",
                     completed_at=now,
-                    error={"code": "cancelled", "message": "The person cancelled this waitpoint in the dashboard."},
+                    error={"code": "cancelled", "message": f"The waitpoint was cancelled by {by}."},
                 )
             ).rowcount
             == 1

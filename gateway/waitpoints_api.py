@@ -191,6 +191,18 @@ async def complete(request: Request) -> Response:
     return _completion(services, waitpoint_id, body.get("data", {}))
 
 
+async def cancel(request: Request) -> Response:
+    """Ends a waiting manual or connection waitpoint at once; an approval ends by approving or rejecting its call."""
+    services = _services(request)
+    found = _for_key(services, api_key(services, request), request.path_params["waitpoint_id"])
+    if found.status == "WAITING" and found.kind not in waitpoints.CANCELLABLE:
+        raise BadRequest("An approval's waitpoint ends when its call is approved or rejected; it cannot be cancelled.")
+    won = waitpoints.cancel(services.engine, found.id, found.user_id, by="an API key")
+    current = waitpoints.get(services.engine, found.id) or found
+    message = "Cancelled." if won else f"Only a waiting waitpoint can be cancelled; this one is {current.status}."
+    return JSONResponse({"id": found.id, "cancelled": won, "status": current.status, "message": message})
+
+
 async def preflight(request: Request) -> Response:
     return Response(status_code=204, headers=CORS)
 
@@ -280,6 +292,7 @@ routes = [
     Route("/v1/waitpoints/{waitpoint_id}/wait", wait, methods=["GET"]),
     Route("/v1/waitpoints/{waitpoint_id}/complete", complete, methods=["POST"]),
     Route("/v1/waitpoints/{waitpoint_id}/complete", preflight, methods=["OPTIONS"]),
+    Route("/v1/waitpoints/{waitpoint_id}/cancel", cancel, methods=["POST"]),
     Route("/v1/waitpoints/{waitpoint_id}/callback/{token}", callback, methods=["POST"]),
     Route("/v1/waitpoints/{waitpoint_id}/callback/{token}", preflight, methods=["OPTIONS"]),
 ]

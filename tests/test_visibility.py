@@ -362,6 +362,14 @@ READERS: list[Reader] = [
         changes=True,
         shows=is_waitpoint,
     ),
+    Reader(
+        "cancel a waitpoint",
+        ("POST /v1/waitpoints/{waitpoint_id}/cancel",),
+        lambda w, v, r: w.post(v, f"/v1/waitpoints/{r.id}/cancel"),
+        "waitpoint",
+        changes=True,
+        shows=is_waitpoint,
+    ),
 ]
 
 # Routes under /v1 that no API key reads through, and why.

@@ -240,3 +240,40 @@ def test_errors_carry_a_waitpoint_that_completes_on_connection(gateway: Gateway,
     provider.expire_access_tokens()
     expired = gateway.call(secret, "github", "get_authenticated_user").json()
     assert expired["error"] == "token_expired" and expired["waitpoint"]["id"] != waitpoint["id"]
+
+
+def test_cancel_through_the_api_ends_a_waiter_at_once(caller) -> None:
+    gw, auth, _ = caller
+    created = create(gw, auth, timeout="1h").json()
+    answers: list[httpx.Response] = []
+    waiter = threading.Thread(
+        target=lambda: answers.append(
+            httpx.get(
+                f"{gw.url}/v1/waitpoints/{created['id']}/wait", params={"timeout": "60s"}, headers=auth, timeout=90
+            )
+        )
+    )
+    waiter.start()
+    notifier = waitpoints.notifier_for(gw.engine)
+    deadline = time.monotonic() + 30
+    while notifier.waiting == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    cancelled = gw.http.post(f"/v1/waitpoints/{created['id']}/cancel", headers=auth)
+    assert cancelled.status_code == 200, cancelled.text
+    assert cancelled.json()["cancelled"] is True and cancelled.json()["status"] == "CANCELLED"
+    waiter.join(30)
+    assert answers and answers[0].json()["ok"] is False
+    assert answers[0].json()["error"]["code"] == "cancelled"
+    again = gw.http.post(f"/v1/waitpoints/{created['id']}/cancel", headers=auth).json()
+    assert again["cancelled"] is False and "CANCELLED" in again["message"]
+    # A completion after the cancel changes nothing.
+    assert httpx.post(created["url"], json={"late": True}).json()["completed"] is False
+
+
+def test_cancel_refuses_what_the_key_cannot_see(caller) -> None:
+    gw, auth, _ = caller
+    other = {"Authorization": f"Bearer {gw.key(gw.user())}"}
+    created = create(gw, auth).json()
+    refused = gw.http.post(f"/v1/waitpoints/{created['id']}/cancel", headers=other)
+    assert refused.status_code == 404 and refused.json()["error"] == "not_found"
+    assert gw.http.get(f"/v1/waitpoints/{created['id']}", headers=auth).json()["status"] == "WAITING"
