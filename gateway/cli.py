@@ -95,6 +95,7 @@ def cmd_worker(args: argparse.Namespace, settings: settings_module.Settings) -> 
                 loop.add_signal_handler(sig, stop.set)
             await stop.wait()
             await worker.stop()
+            await services.leases.close()
             services.batcher.close()
         engine.dispose()
 
