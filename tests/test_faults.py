@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 from sqlalchemy import update
@@ -389,6 +390,39 @@ def test_a_refresh_slower_than_the_caller_is_still_stored(database_url, provider
         finally:
             provider.reset()
             gw.http.close()
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.mark.anyio
+async def test_a_refresh_is_stored_when_its_mcp_call_is_cancelled(gateway: Gateway, account, provider) -> None:
+    from tests.test_mcp import mcp_client
+
+    user_id, secret = account
+    provider.revoke_family_on_reuse = True
+    before = stored_refresh_token(gateway.engine, gateway.box, user_id)
+    expire_everything(gateway.engine, provider)
+    gate = provider.gate("token")
+    async with mcp_client(gateway, secret) as client, anyio.create_task_group() as calls:
+        calls.start_soon(client.call_tool, "github_get_authenticated_user", {})
+        await anyio.to_thread.run_sync(gate.wait_arrived)
+        calls.cancel_scope.cancel()  # the agent gives up while the refresh is at the provider
+    # The cancellation reaches the gateway as a notification of its own. Nothing outside shows when it
+    # has landed, so the provider answers a while later: sooner, and the test could not tell a
+    # cancelled refresh from a finished one (it cannot fail the fixed code either way).
+    await anyio.sleep(2)
+    gate.open()
+    await anyio.to_thread.run_sync(
+        lambda: wait_for(
+            lambda: stored_refresh_token(gateway.engine, gateway.box, user_id) != before,
+            what="the rotated refresh token to be stored",
+        )
+    )
+    assert gateway.call(secret, "github", "get_authenticated_user").status_code == 200
+    assert connections.get(gateway.engine, user_id, "github").status == "connected"
 
 
 @on_postgres
