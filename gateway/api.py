@@ -155,10 +155,18 @@ async def call_endpoint(request: Request) -> Response:
             return await _submit(services, key, integration, endpoint_name, body, options, idempotency)
         record = RunRecord.start()
         if idempotency is not None:
-            # The row exists from the start, so a repeat during the call sees it (409).
+            # The row exists from the start, so a repeat during the call sees it (409); its lease,
+            # extended while this process runs the call, lets a repeat recover the key if it dies.
             record.user_id, record.api_key_id = key.user_id, key.id
             record.integration, record.endpoint = integration[:100], endpoint_name[:100]
-            runs.create_started(services.engine, record, idempotency_key=idempotency[0], request_hash=idempotency[1])
+            record.worker_id = services.leases.owner
+            runs.create_started(
+                services.engine,
+                record,
+                idempotency_key=idempotency[0],
+                request_hash=idempotency[1],
+                lease=services.leases.lease,
+            )
             record.stored = record.keep_result = True
     except IntegrityError:
         # Another request with the same key got there first.
@@ -166,7 +174,14 @@ async def call_endpoint(request: Request) -> Response:
         if existing is None:
             raise
         return _replay(services, key, existing, idempotency[1])  # type: ignore[index]
-    result = await execute(services, key, integration, endpoint_name, body.get("params", {}), record)
+    if not record.stored:
+        result = await execute(services, key, integration, endpoint_name, body.get("params", {}), record)
+        return JSONAnswer(result.body, status_code=result.http_status, headers=result.headers)
+    services.leases.hold(record.id, services.leases.owner)
+    try:
+        result = await execute(services, key, integration, endpoint_name, body.get("params", {}), record)
+    finally:
+        services.leases.release(record.id)
     return JSONAnswer(result.body, status_code=result.http_status, headers=result.headers)
 
 

@@ -133,6 +133,7 @@ def create_app(settings: Settings, registry: specs.Registry | None = None) -> St
             finally:
                 if worker is not None:
                     await worker.stop()
+                await services.leases.close()
                 if sweeping is not None:
                     sweeping.cancel()
                 checkpointing.cancel()

@@ -178,6 +178,7 @@ def cmd_worker(args: argparse.Namespace, settings: settings_module.Settings) -> 
             _announce(settings)
             await stop.wait()
             await worker.stop()
+            await services.leases.close()
             services.batcher.close()
         engine.dispose()
 

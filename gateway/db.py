@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from alembic import command
 from alembic.config import Config
@@ -13,11 +15,20 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Connection, Engine, make_url
-from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlmodel import Session
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_before_delay,
+    wait_exponential,
+    wait_random,
+)
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 logger = logging.getLogger("gateway.db")
+T = TypeVar("T")
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
@@ -99,6 +110,30 @@ async def checkpoints(engine: Engine) -> None:
         except Exception as exc:  # a locked or busy database: the next round will do
             logger.debug("checkpoint skipped: %s", type(exc).__name__)
         await asyncio.sleep(CHECKPOINT_EVERY)
+
+
+async def write_until_landed(write: Callable[[], T], *, patience: float, what: str) -> T:
+    """Runs `write` until it lands: again, with backoff, while the database is unreachable, for up to
+    `patience` seconds, then raises its last error. For what cannot be had again once dropped: a
+    result the upstream produced, a token the provider rotated. `what` names it in the log, never
+    its content."""
+
+    def warn(state: RetryCallState) -> None:
+        if state.attempt_number == 1 and state.outcome is not None:
+            error = type(state.outcome.exception()).__name__
+            logger.warning("%s could not be written (%s); retrying for up to %.0f s", what, error, patience)
+
+    retrying = AsyncRetrying(
+        retry=retry_if_exception_type(DBAPIError),
+        wait=wait_exponential(multiplier=0.05, max=1.0) + wait_random(0, 0.05),
+        stop=stop_before_delay(patience),
+        before_sleep=warn,
+        reraise=True,
+    )
+    async for attempt in retrying:
+        with attempt:
+            return write()
+    raise AssertionError("unreachable: tenacity returns or raises")  # pragma: no cover
 
 
 def is_sqlite(engine: Engine) -> bool:

@@ -15,6 +15,7 @@
     ├── IdempotencyMismatch        422 idempotency_mismatch
     ├── DailyLimitReached          429 daily_limit_reached
     ├── InternalError              500 internal_error
+    ├── WorkerLost                 500 worker_lost
     ├── UpstreamUnreachable        502 upstream_unreachable
     ├── UpstreamResponseTooLarge   502 upstream_response_too_large
     ├── TokenRefreshUnavailable    503 token_refresh_unavailable
@@ -142,6 +143,13 @@ class InternalError(GatewayError):
     """Something failed inside the gateway; details are in the server log only."""
 
     code, status = "internal_error", 500
+
+
+class WorkerLost(GatewayError):
+    """The process running a call stopped before its outcome was recorded: the upstream may or may
+    not have acted on it (a queued call's or an Idempotency-Key's recorded result)."""
+
+    code, status = "worker_lost", 500
 
 
 class UpstreamUnreachable(GatewayError):

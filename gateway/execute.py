@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
+import functools
 import logging
 import time
 from typing import Any
@@ -33,6 +35,9 @@ from .tokens import is_expired
 from .waitpoints_api import reference
 
 logger = logging.getLogger("gateway.execute")
+
+# A 401 is retried after a refresh; twice only when the first refresh was another process's.
+MAX_REFRESHES = 2
 
 
 @dataclasses.dataclass
@@ -127,21 +132,25 @@ async def call(
 
     response = await _send(services, endpoint, params, connection, record)
     record.upstream_status = response.status
-    if response.status == 401 and oauth:
-        if record.refreshed:
-            raise services.tokens.expired_error(
-                integration, f"{integration.display_name} still answered 401 after a token refresh; reconnect."
-            )
-        connection = await services.tokens.refresh(integration, connection)
-        record.refreshed = True
-        response = await _send(services, endpoint, params, connection, record)
-        record.upstream_status = response.status
-        if response.status == 401:
+    refreshes = 0
+    while response.status == 401 and oauth:
+        if record.refreshed and services.tokens.obtained(connection):
             # A token fresh from the provider is still refused: only a new connection can help.
             services.tokens.mark_needs_reconnect(connection)
             raise services.tokens.expired_error(
                 integration, f"{integration.display_name} still answered 401 after a token refresh; reconnect."
             )
+        if refreshes == MAX_REFRESHES:
+            raise services.tokens.expired_error(
+                integration, f"{integration.display_name} still answered 401 after a token refresh; retry shortly."
+            )
+        # The refresh may hand back a token another process refreshed (this process's cache was
+        # older): if that one is refused too, the next round refreshes with its refresh token.
+        connection = await services.tokens.refresh(integration, connection)
+        record.refreshed = True
+        refreshes += 1
+        response = await _send(services, endpoint, params, connection, record)
+        record.upstream_status = response.status
     if not oauth:
         _track_refusal(services, connection, response.status, response.data)
     if response.status >= 400:
@@ -236,16 +245,27 @@ async def _execute(
                 exc.headers.setdefault(name, value)
         if isinstance(exc, (IntegrationNotConnected, TokenExpired)) and not isinstance(exc, IntegrationNotSetUp):
             # Something an agent can wait on while its person fixes the connection.
-            waitpoint = waitpoints.connection_waitpoint(services.engine, key.user_id, integration)
-            exc.extra["waitpoint"] = reference(services, waitpoint)
+            try:
+                waitpoint = waitpoints.connection_waitpoint(services.engine, key.user_id, integration)
+                exc.extra["waitpoint"] = reference(services, waitpoint)
+            except DBAPIError as db_error:
+                logger.warning("call %s: no connection waitpoint (%s)", record.id, type(db_error).__name__)
         record.error_code, record.error_message = exc.code, exc.message[:500]
         record.finish("timeout" if isinstance(exc, UpstreamTimeout) else "failed", exc.status)
-        _save(services, key, record, exc.body(None))
+        await _save(services, key, record, exc.body(None))
         exc.headers.setdefault("X-Run-Id", record.id)
         raise
     except DBAPIError:
         logger.exception("call %s: the database failed", record.id)
         _count(services, record, "service_unavailable")
+        if record.stored:
+            # The upstream has not acted (a 401 at most): free the key, or requeue the call.
+            await services.leases.finish(
+                record.id,
+                functools.partial(runs.abandon, services.engine, record),
+                f"giving up run {record.id}",
+                wait=record.from_queue,
+            )
         raise ServiceUnavailable(
             "The gateway's database is unreachable; nothing was recorded. Retry shortly.",
             headers={"Retry-After": "5", "X-Run-Id": record.id},
@@ -255,13 +275,13 @@ async def _execute(
         record.error_code, record.error_message = "internal_error", "internal error"
         record.finish("failed", 500)
         error = InternalError("The gateway failed to complete this call.", headers={"X-Run-Id": record.id})
-        _save(services, key, record, error.body(None))
+        await _save(services, key, record, error.body(None))
         raise error from None
     ok = result.http_status < 400
     if record.error_code is None and not ok:
         record.error_code = "upstream_error"
     record.finish("completed" if ok else "failed", result.http_status)
-    _save(services, key, record, result.body)
+    await _save(services, key, record, result.body)
     result.headers["X-Run-Id"] = record.id
     if usage is not None:
         result.headers.update(usage.headers())
@@ -275,10 +295,17 @@ def _count(services: Services, record: RunRecord, outcome: str) -> None:
     services.metrics.count_call(*labels, outcome)
 
 
-def _save(services: Services, key: ApiKey, record: RunRecord, body: dict[str, Any]) -> None:
+async def _save(services: Services, key: ApiKey, record: RunRecord, body: dict[str, Any]) -> None:
     _count(services, record, record.error_code or "ok")
-    runs.save_direct(services.batcher, services.box, record, body)
-    keys.touch(services.engine, key.id or 0)
+    if record.stored:
+        # A queued call's result, or one an Idempotency-Key replays: retried until it lands, and a
+        # caller waiting for a direct call gets its answer meanwhile (leases.py).
+        write = functools.partial(runs.save, services.engine, services.box, record, body)
+        await services.leases.finish(record.id, write, f"the result of {record.summary()}", wait=record.from_queue)
+    else:
+        runs.save_direct(services.batcher, services.box, record, body)
+    with contextlib.suppress(DBAPIError):  # when a key was last used must never fail its answer
+        keys.touch(services.engine, key.id or 0)
 
 
 async def try_key(

@@ -53,13 +53,14 @@ class Metrics:
         )
         self.refreshes = Counter(
             "gateway_token_refreshes_total",
-            "Token refreshes by integration and result (ok, invalid_grant, unavailable).",
+            "Token refreshes by integration and result (ok, invalid_grant, unavailable; lost: obtained, not stored).",
             ["integration", "result"],
             registry=self.registry,
         )
         self.run_rows_lost = Counter(
             "gateway_run_rows_lost_total",
-            "Run-history rows of answered calls that could not be written (the database failed).",
+            "Run rows of calls the upstream answered that could not be written (the database failed): "
+            "direct calls' history rows, and results of queued or idempotent calls given up after retries.",
             registry=self.registry,
         )
 

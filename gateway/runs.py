@@ -20,6 +20,7 @@ from sqlalchemy.orm import aliased
 from . import keys
 from .batch import Batcher
 from .crypto import Box
+from .errors import WorkerLost
 from .models import ApiKey, Run, from_row, is_active, new_id, utcnow
 
 TERMINAL = ("completed", "failed", "timeout", "cancelled")
@@ -65,6 +66,13 @@ class RunRecord:
         self.http_status = http_status
         self.ended_at = utcnow()
 
+    def summary(self) -> str:
+        """What the run did, for a log line: never its params or body."""
+        return (
+            f"run {self.id} ({self.integration}/{self.endpoint}: {self.status}, HTTP {self.http_status}, "
+            f"upstream {self.upstream_status})"
+        )
+
     def values(self) -> dict[str, Any]:
         values = {name: getattr(self, name) for name in _STORED_FIELDS}
         values["integration"] = self.integration[:100]
@@ -88,15 +96,14 @@ def _insert_values(record: RunRecord, body: dict[str, Any] | None, box: Box) -> 
 
 
 def save_direct(batcher: Batcher, box: Box, record: RunRecord, body: dict[str, Any] | None) -> None:
-    """A direct call's row: an idempotent call's existing row is updated now (a repeat must find
-    the result); any other row goes in with the process's group commit, after the answer (batch.py)."""
-    if record.stored:
-        save(batcher.engine, box, record, body)
-    else:
-        batcher.insert_run(_insert_values(record, body, box))
+    """A direct call's row (one not stored yet) goes in with the process's group commit, after the
+    answer (batch.py)."""
+    batcher.insert_run(_insert_values(record, body, box))
 
 
-def save(engine: Engine, box: Box, record: RunRecord, body: dict[str, Any] | None) -> None:
+def save(engine: Engine, box: Box, record: RunRecord, body: dict[str, Any] | None) -> bool:
+    """Writes the run's final row; False when a stored row is no longer this record's to finish
+    (its lease ran out and another process recovered it)."""
     values = record.values()
     if record.keep_result and body is not None:
         values["result"] = box.encrypt(json.dumps(body))
@@ -108,9 +115,31 @@ def save(engine: Engine, box: Box, record: RunRecord, body: dict[str, Any] | Non
             # The row as written, for what runs after it (waitpoints, callbacks): no second read.
             row = c.execute(statement, values).first()
             record.finished = from_row(Run, row._mapping) if row else None
-        else:
-            values["created_at"] = record.started_at
-            c.execute(Run.__table__.insert().values(**values))
+            return row is not None
+        values["created_at"] = record.started_at
+        c.execute(Run.__table__.insert().values(**values))
+    return True
+
+
+def abandon(engine: Engine, record: RunRecord) -> bool:
+    """A stored call the gateway gave up before the upstream acted on it (its database failed): a
+    queued one goes back to the head of its queue, a direct one ends and frees its Idempotency-Key
+    so that the caller's retry runs it."""
+    if record.from_queue:
+        values: dict[str, Any] = dict(status="pending", worker_id=None, lease_until=None, started_at=None)
+    else:
+        values = dict(
+            status="failed",
+            lease_until=None,
+            idempotency_key=None,
+            ended_at=utcnow(),
+            error_code="service_unavailable",
+            error_message="The gateway's database failed before the upstream acted on this call.",
+            http_status=503,
+        )
+    with engine.begin() as c:
+        statement = update(Run).where(Run.id == record.id, Run.worker_id == record.worker_id, Run.status == "running")
+        return c.execute(statement.values(**values)).rowcount == 1
 
 
 @functools.lru_cache(maxsize=16)
@@ -158,10 +187,18 @@ def create_pending(
         c.execute(Run.__table__.insert().values(**values))
 
 
-def create_started(engine: Engine, record: RunRecord, *, idempotency_key: str, request_hash: str) -> None:
-    """A direct call's row written before the call, so an idempotent repeat can see it running."""
+def create_started(
+    engine: Engine, record: RunRecord, *, idempotency_key: str, request_hash: str, lease: dt.timedelta
+) -> None:
+    """A direct call's row written before the call, so an idempotent repeat can see it running. Its
+    lease (extended by its process, leases.py) lets a repeat recover the key if the process dies."""
     values = record.values()
-    values.update(created_at=record.started_at, idempotency_key=idempotency_key, request_hash=request_hash)
+    values.update(
+        created_at=record.started_at,
+        idempotency_key=idempotency_key,
+        request_hash=request_hash,
+        lease_until=record.started_at + lease,
+    )
     with engine.begin() as c:
         c.execute(Run.__table__.insert().values(**values))
 
@@ -272,9 +309,12 @@ def _claim_statement(postgresql: bool) -> Any:
 _CLAIM = {dialect: _claim_statement(dialect == "postgresql") for dialect in ("postgresql", "sqlite")}
 
 
-def claim_many(engine: Engine, worker_id: str, lease: dt.timedelta, limit: int) -> list[Run]:
-    """Up to `limit` calls for this worker, oldest first, at most one per queue; see _claim_statement."""
-    now = utcnow()
+def claim_many(
+    engine: Engine, worker_id: str, lease: dt.timedelta, limit: int, now: dt.datetime | None = None
+) -> list[Run]:
+    """Up to `limit` calls for this worker, oldest first, at most one per queue; see _claim_statement.
+    The claimed rows' `started_at` is `now`, which names them if the answer is lost (unclaim)."""
+    now = now or utcnow()
     statement = _CLAIM["postgresql" if engine.dialect.name == "postgresql" else "sqlite"]
     with engine.begin() as c:
         rows = c.execute(statement, {"limit": limit, "worker_id": worker_id, "lease_until": now + lease, "now": now})
@@ -282,44 +322,70 @@ def claim_many(engine: Engine, worker_id: str, lease: dt.timedelta, limit: int) 
     return sorted(claimed, key=lambda run: run.id)
 
 
+def unclaim(engine: Engine, worker_id: str, claimed_at: list[dt.datetime]) -> int:
+    """Claims whose answer never reached their worker (the database failed mid-statement, after the
+    commit): the worker never ran them, so they go back to the head of their queue."""
+    with engine.begin() as c:
+        return c.execute(
+            update(Run)
+            .where(Run.worker_id == worker_id, Run.status == "running", Run.started_at.in_(claimed_at))
+            .values(status="pending", worker_id=None, lease_until=None, started_at=None)
+        ).rowcount
+
+
 def claim(engine: Engine, worker_id: str, lease: dt.timedelta) -> Run | None:
     claimed = claim_many(engine, worker_id, lease, 1)
     return claimed[0] if claimed else None
 
 
-def extend_leases(engine: Engine, worker_id: str, lease: dt.timedelta) -> int:
-    """Extends the lease of every call this worker is running, in one statement."""
+def extend_leases(engine: Engine, worker_id: str, run_ids: list[str], lease: dt.timedelta) -> int:
+    """Extends, in one statement, the leases of the calls this worker holds: by id, so that a row it
+    no longer holds (its final write never landed) runs out and is recovered."""
     with engine.begin() as c:
         return c.execute(
             update(Run)
-            .where(Run.worker_id == worker_id, Run.status == "running", is_active(Run.status))
+            .where(Run.id.in_(run_ids), Run.worker_id == worker_id, Run.status == "running", is_active(Run.status))
             .values(lease_until=utcnow() + lease)
         ).rowcount
 
 
-def expired_leases(engine: Engine) -> list[Run]:
+def expired_leases(engine: Engine, *, queued: bool) -> list[Run]:
+    """Running calls whose lease ran out: queued ones (their worker's to recover, with callbacks),
+    or direct calls with an Idempotency-Key (which carry no request)."""
+    kind = Run.request.is_not(None) if queued else Run.request.is_(None)
     with engine.connect() as c:
         rows = c.execute(
-            select(Run.__table__).where(Run.status == "running", is_active(Run.status), Run.lease_until < utcnow())
+            select(Run.__table__).where(
+                Run.status == "running", is_active(Run.status), Run.lease_until < utcnow(), kind
+            )
         ).all()
     return [from_row(Run, r._mapping) for r in rows]
 
 
-def recover(engine: Engine, run: Run, retry: bool) -> bool:
-    """A lease ran out: the worker died. Retry a call that is safe to retry, or fail it."""
+def recover(engine: Engine, box: Box, run: Run, retry: bool) -> bool:
+    """A lease ran out: the process running the call died, or could not record its outcome. A
+    queued call safe to retry runs again. Any other ends `worker_lost`, since the upstream may have
+    acted; a direct call's Idempotency-Key replays that, unless the endpoint is safe to retry: then
+    the key is freed, and the caller's repeat runs the call again."""
     values: dict[str, Any]
-    if retry:
+    if retry and run.request is not None:
         values = dict(status="pending", worker_id=None, lease_until=None, started_at=None)
     else:
+        lost = WorkerLost(
+            "The gateway process running this call stopped before its outcome was recorded; "
+            "the upstream may or may not have acted on it."
+        )
         values = dict(
             status="failed",
-            worker_id=None,
             lease_until=None,
             ended_at=utcnow(),
-            error_code="worker_lost",
-            error_message="The worker running this call stopped before it finished.",
-            http_status=500,
+            error_code=lost.code,
+            error_message=lost.message,
+            http_status=lost.status,
+            result=box.encrypt(json.dumps(lost.body(None))),
         )
+        if retry:
+            values["idempotency_key"] = None
     with engine.begin() as c:
         return (
             c.execute(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime as dt
 from collections.abc import AsyncIterator, Awaitable, Callable
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any
@@ -14,6 +15,7 @@ from sqlalchemy.engine import Engine
 from . import http_client, plans, runs
 from .batch import Batcher
 from .crypto import Box, Signer
+from .leases import Leases
 from .metrics import Metrics
 from .plans import PlanBook
 from .settings import Settings
@@ -62,9 +64,11 @@ class Services:
     plans: PlanBook = dataclasses.field(default_factory=lambda: PlanBook(dict(plans.BUILTIN), "free"))
     metrics: Metrics = dataclasses.field(default_factory=Metrics)
     batcher: Batcher = dataclasses.field(init=False)
+    leases: Leases = dataclasses.field(init=False)
 
     def __post_init__(self) -> None:
         self.batcher = Batcher(self.engine)
+        self.leases = Leases(self.engine, dt.timedelta(seconds=self.settings.worker_lease_seconds))
 
     # Wakes this process's queue worker when a call is queued here (set by the worker).
     notify_queue: Callable[[], None] = lambda: None
@@ -101,6 +105,7 @@ class Services:
             plans=PlanBook(plans.load(settings.plans_file), settings.default_plan),
         )
         services.batcher.on_lost = metrics.run_rows_lost.inc
+        services.leases.on_lost = metrics.run_rows_lost.inc
         return services
 
     def settled_engine(self) -> Engine:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import logging
 import os
 import time
@@ -21,7 +22,7 @@ from sqlalchemy.exc import DBAPIError
 from . import approvals, callbacks, keys, runs, waitpoints
 from .errors import GatewayError, Unauthorized
 from .execute import execute
-from .models import Run
+from .models import Run, utcnow
 from .runs import RunRecord
 from .services import Services
 
@@ -62,10 +63,21 @@ def describe(services: Services, run: Run) -> dict[str, Any]:
 
 
 def sweep(services: Services) -> None:
-    """Ends what has run out of time, whether or not anyone is looking: waitpoints and approvals."""
+    """Ends what has run out of time, whether or not anyone is looking: waitpoints, approvals, and
+    direct calls with an Idempotency-Key whose process stopped extending their lease."""
     waitpoints.expire_due(services.engine)
     for run in approvals.expire_due(services):
         waitpoints.complete(services.engine, run.waitpoint_id or "", runs.result_of(services.box, run))
+    for run in runs.expired_leases(services.engine, queued=False):
+        if not services.leases.holds(run.id) and runs.recover(
+            services.engine, services.box, run, _retry_safe(services, run)
+        ):
+            logger.warning("run %s lost its process; its Idempotency-Key was recovered", run.id)
+
+
+def _retry_safe(services: Services, run: Run) -> bool:
+    endpoint = services.registry.endpoint(run.integration, run.endpoint)
+    return endpoint is not None and endpoint.retry_safe
 
 
 async def sweeper(services: Services, every: float = 1.0) -> None:
@@ -79,12 +91,13 @@ async def sweeper(services: Services, every: float = 1.0) -> None:
 
 class Worker:
     """Runs up to `concurrency` queued calls at once. One dispatcher claims work for every free
-    slot in a single statement; one heartbeat extends every lease this worker holds."""
+    slot in a single statement; the process's heartbeat (leases.py) extends the leases of the
+    calls this worker is running, and of no other."""
 
     def __init__(self, services: Services, concurrency: int = 8) -> None:
         self.services = services
         self.concurrency = concurrency
-        self.lease = dt.timedelta(seconds=services.settings.worker_lease_seconds)
+        self.lease = services.leases.lease
         self.id = f"w-{os.getpid()}-{os.urandom(3).hex()}"
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
@@ -93,16 +106,14 @@ class Worker:
         self._running: set[asyncio.Task[None]] = set()
         self._background: set[asyncio.Task[Any]] = set()
         self._purged = -PURGE_EVERY
+        # When claims were made whose answer was lost: their rows may be running under this worker.
+        self._unconfirmed: list[dt.datetime] = []
 
     def wake(self) -> None:
         self._wake.set()
 
     async def start(self) -> None:
-        self._tasks = [
-            asyncio.create_task(self._dispatch()),
-            asyncio.create_task(self._heartbeat()),
-            asyncio.create_task(self._housekeeping()),
-        ]
+        self._tasks = [asyncio.create_task(self._dispatch()), asyncio.create_task(self._housekeeping())]
 
     async def stop(self, grace: float = 10.0) -> None:
         """Lets calls in flight finish for `grace` seconds; the rest keep their lease and are recovered."""
@@ -125,8 +136,14 @@ class Worker:
                 free = self.concurrency - len(self._running)
                 # Cleared before claiming: a call finishing or queued meanwhile sets it again.
                 self._wake.clear()
-                claimed = runs.claim_many(self.services.engine, self.id, self.lease, free) if free else []
+                now = utcnow()
+                try:
+                    claimed = runs.claim_many(self.services.engine, self.id, self.lease, free, now) if free else []
+                except DBAPIError:
+                    self._unconfirmed.append(now)  # committed or not: housekeeping finds out
+                    raise
                 for run in claimed:
+                    self.services.leases.hold(run.id, self.id)
                     task = asyncio.create_task(self._run(run))
                     self._running.add(task)
                 if free and len(claimed) == free:
@@ -146,6 +163,7 @@ class Worker:
         except Exception:
             logger.exception("queued call %s failed in the worker", run.id)
         finally:
+            self.services.leases.release(run.id)
             self._running.discard(asyncio.current_task())  # type: ignore[arg-type]
             # A free slot, and finishing a call may unblock the next one in its queue.
             self._wake.set()
@@ -164,18 +182,24 @@ class Worker:
             keep_result=True,
             from_queue=True,
         )
+        record.integration, record.endpoint = run.integration, run.endpoint
         try:
             key = keys.cached_by_id(services.engine, run.api_key_id) if run.api_key_id else None
             if key is None or key.revoked_at is not None:
                 error = Unauthorized("The API key that queued this call was revoked.")
-                record.integration, record.endpoint = run.integration, run.endpoint
                 record.error_code, record.error_message = error.code, error.message
                 record.finish("failed", error.status)
-                runs.save(services.engine, services.box, record, error.body(None))
+                write = functools.partial(runs.save, services.engine, services.box, record, error.body(None))
+                await services.leases.finish(run.id, write, f"the result of {record.summary()}", wait=True)
             else:
                 request = runs.request_of(services.box, run)
                 with contextlib.suppress(GatewayError):
                     await execute(services, key, run.integration, run.endpoint, request.get("params", {}), record)
+        except DBAPIError as exc:
+            # Before the call was sent (execute handles its own): it goes back to the head of its queue.
+            logger.warning("queued call %s: the database failed (%s); queued again", run.id, type(exc).__name__)
+            abandon = functools.partial(runs.abandon, services.engine, record)
+            await services.leases.finish(run.id, abandon, f"requeueing run {run.id}", wait=True)
         except Exception:
             logger.exception("queued call %s failed in the worker", run.id)
         # The row this worker wrote; re-read only when the call ended some other way.
@@ -205,16 +229,6 @@ class Worker:
                 self._background.add(task)
                 task.add_done_callback(self._background.discard)
 
-    async def _heartbeat(self) -> None:
-        while not self._stopping:
-            await asyncio.sleep(self.lease.total_seconds() / 3)
-            if not self._running:
-                continue
-            try:
-                runs.extend_leases(self.services.engine, self.id, self.lease)
-            except Exception as exc:
-                logger.warning("extending leases failed (%s); retrying", type(exc).__name__)
-
     async def _housekeeping(self) -> None:
         while not self._stopping:
             try:
@@ -228,11 +242,17 @@ class Worker:
 
     def housekeep(self) -> None:
         services = self.services
+        if self._unconfirmed:
+            if runs.unclaim(services.engine, self.id, self._unconfirmed):
+                logger.warning("queued calls claimed as the database failed went back to their queues")
+                self.wake()
+            self._unconfirmed = []
         sweep(services)
-        for run in runs.expired_leases(services.engine):
-            endpoint = services.registry.endpoint(run.integration, run.endpoint)
-            retry = endpoint is not None and endpoint.retry_safe
-            if runs.recover(services.engine, run, retry):
+        for run in runs.expired_leases(services.engine, queued=True):
+            if services.leases.holds(run.id):
+                continue  # this process is still writing its result
+            retry = _retry_safe(services, run)
+            if runs.recover(services.engine, services.box, run, retry):
                 logger.warning("run %s lost its worker; %s", run.id, "queued again" if retry else "failed")
                 if not retry:
                     task = asyncio.get_running_loop().create_task(self.after(run))

@@ -2,7 +2,10 @@
 
 It checks what a real provider checks (client credentials, redirect URI, PKCE
 S256, single-use codes) and rotates refresh tokens: a reused refresh token is
-rejected with invalid_grant, as Google, Slack and GitHub Apps do.
+rejected with invalid_grant, as Google, Slack and GitHub Apps do, and with
+`revoke_family_on_reuse` every token descended from it is revoked too (OAuth 2.1's
+refresh token reuse detection). A `Gate` holds requests until the test opens it,
+so a test can act while a request is at the provider.
 """
 
 from __future__ import annotations
@@ -38,12 +41,42 @@ class Recorded:
     body: bytes
 
 
+class Gate:
+    """Holds the next `count` requests that pass it until `open()`: a test acts while they wait."""
+
+    def __init__(self, count: int = 1) -> None:
+        self.lock = threading.Lock()
+        self.remaining = count
+        self.arrived = 0
+        self.opened = threading.Event()
+
+    async def passing(self) -> None:
+        with self.lock:
+            if self.remaining <= 0:
+                return
+            self.remaining -= 1
+            self.arrived += 1
+        await asyncio.to_thread(self.opened.wait, 60)
+
+    def wait_arrived(self, count: int = 1, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while self.arrived < count:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{count} request(s) never reached the gate ({self.arrived} did)")
+            time.sleep(0.01)
+
+    def open(self) -> None:
+        self.opened.set()
+
+
 class ProviderState:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.reset()
 
     def reset(self) -> None:
+        for gate in getattr(self, "gates", {}).values():
+            gate.open()  # a request a failed test left waiting goes on
         self.codes: dict[str, dict[str, Any]] = {}
         self.access_tokens: dict[str, dict[str, Any]] = {}
         self.refresh_tokens: dict[str, dict[str, Any]] = {}
@@ -56,22 +89,29 @@ class ProviderState:
         self.reject_all_refreshes = False
         self.issue_refresh_tokens = True
         self.rotate_refresh_tokens = True
+        self.revoke_family_on_reuse = False
         self.always_401 = False
+        # Gates by route: "token" (/oauth/token), "record" (/api/public/record/...), "api" (authorised /api).
+        self.gates: dict[str, Gate] = {}
         self.next_issue = 1
         # (queue, seq, started, ended) of every call to /api/public/record/...
         self.recorded: list[tuple[str, int, float, float]] = []
 
     # Helpers for tests: mint tokens without a browser.
-    def mint(self, user: str = "octocat", ttl: int | None = None, scope: str = "repo read:user") -> dict[str, Any]:
+    def mint(
+        self, user: str = "octocat", ttl: int | None = None, scope: str = "repo read:user", family: str | None = None
+    ) -> dict[str, Any]:
         access = "gho_" + secrets.token_urlsafe(24)
         refresh = "ghr_" + secrets.token_urlsafe(24)
+        family = family or refresh
         with self.lock:
             self.access_tokens[access] = {
                 "user": user,
                 "expires_at": time.time() + (ttl or self.access_token_ttl),
                 "scope": scope,
+                "family": family,
             }
-            self.refresh_tokens[refresh] = {"user": user, "used": False, "scope": scope}
+            self.refresh_tokens[refresh] = {"user": user, "used": False, "scope": scope, "family": family}
         return {
             "access_token": access,
             "refresh_token": refresh,
@@ -84,6 +124,22 @@ class ProviderState:
         with self.lock:
             for token in self.access_tokens.values():
                 token["expires_at"] = 0
+
+    def revoke_family(self, family: str) -> None:
+        with self.lock:
+            for store in (self.access_tokens, self.refresh_tokens):
+                for token in store.values():
+                    if token["family"] == family:
+                        token["revoked"] = True
+
+    def gate(self, route: str, count: int = 1) -> Gate:
+        self.gates[route] = Gate(count)
+        return self.gates[route]
+
+    async def passing(self, route: str) -> None:
+        gate = self.gates.get(route)
+        if gate is not None:
+            await gate.passing()
 
     def refresh_requests(self) -> list[dict[str, str]]:
         return [r for r in self.token_requests if r.get("grant_type") == "refresh_token"]
@@ -157,6 +213,7 @@ def create_provider(state: ProviderState) -> Starlette:
         safe = {k: v for k, v in form.items() if k in ("grant_type",)}
         safe["client_auth"] = "basic" if request.headers.get("authorization") else "body"
         state.token_requests.append(safe)
+        await state.passing("token")
         if state.token_delay:
             await asyncio.sleep(state.token_delay)
         if state.token_endpoint_status:
@@ -179,11 +236,16 @@ def create_provider(state: ProviderState) -> Starlette:
         if grant == "refresh_token":
             with state.lock:
                 entry = state.refresh_tokens.get(form.get("refresh_token", ""))
-                if state.reject_all_refreshes or entry is None or entry["used"]:
-                    return JSONResponse({"error": "invalid_grant", "error_description": "refresh token invalid"}, 400)
-                if state.rotate_refresh_tokens:
-                    entry["used"] = True
-            new = state.mint(user=entry["user"], scope=entry["scope"])
+                valid = not state.reject_all_refreshes and entry is not None and not entry["used"]
+                valid = valid and not entry.get("revoked")  # type: ignore[union-attr]
+                if valid and state.rotate_refresh_tokens:
+                    entry["used"] = True  # type: ignore[index]
+            if not valid:
+                if entry is not None and entry["used"] and state.revoke_family_on_reuse:
+                    state.revoke_family(entry["family"])
+                return JSONResponse({"error": "invalid_grant", "error_description": "refresh token invalid"}, 400)
+            assert entry is not None
+            new = state.mint(user=entry["user"], scope=entry["scope"], family=entry["family"])
             if not state.rotate_refresh_tokens:
                 new.pop("refresh_token")
                 with state.lock:
@@ -201,7 +263,7 @@ def create_provider(state: ProviderState) -> Starlette:
         if not header.startswith("Bearer ") or state.always_401:
             return None
         entry = state.access_tokens.get(header[7:])
-        if entry is None or entry["expires_at"] < time.time():
+        if entry is None or entry["expires_at"] < time.time() or entry.get("revoked"):
             return None
         return entry
 
@@ -234,6 +296,7 @@ def create_provider(state: ProviderState) -> Starlette:
         if sub.startswith("/public/record/"):
             _, _, _, queue, seq = sub.split("/")
             started = time.monotonic()
+            await state.passing("record")
             await asyncio.sleep(float(request.query_params.get("sleep", "0")))
             with state.lock:
                 state.recorded.append((queue, int(seq), started, time.monotonic()))
@@ -241,6 +304,7 @@ def create_provider(state: ProviderState) -> Starlette:
         if sub == "/public/slow":
             await asyncio.sleep(float(request.query_params.get("seconds", "2")))
             return JSONResponse({"slow": True})
+        await state.passing("api")
         entry = authorised(request)
         if entry is None:
             return JSONResponse({"message": "Bad credentials"}, 401, headers={"www-authenticate": "Bearer"})
