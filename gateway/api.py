@@ -15,7 +15,7 @@ from starlette.routing import Route
 
 from . import approvals, callbacks, keys, limits, links, runs, waitpoints
 from .errors import BadRequest, IdempotencyInProgress, IdempotencyMismatch, NotFound, ScopeNotAllowed
-from .execute import execute, resolve
+from .execute import answer_status, execute, resolve
 from .jsoncodec import JSONAnswer
 from .models import ApiKey, Run, utcnow
 from .openapi import describe_endpoint, describe_integration, openapi_document
@@ -83,7 +83,8 @@ def _replay(services: Services, run: Run, request_hash: str) -> Response:
         )
     else:
         body = runs.result_of(services.box, run) or {}
-        response = JSONResponse(body, status_code=run.http_status or 200, headers={"X-Run-Id": run.id})
+        status = answer_status(run.http_status or 200)
+        response = JSONResponse(body, status_code=status, headers={"X-Run-Id": run.id})
     response.headers["Idempotent-Replayed"] = "true"
     return response
 

@@ -85,8 +85,8 @@ def cmd_worker(args: argparse.Namespace, settings: settings_module.Settings) -> 
     async def run() -> None:
         engine = _engine(settings)
         registry = specs.registry_for(settings)
-        async with clients(settings) as (http, upstream):
-            services = Services.build(settings, engine, registry, http, upstream)
+        async with clients(settings) as upstream:
+            services = Services.build(settings, engine, registry, upstream)
             worker = Worker(services, args.concurrency or settings.worker_concurrency)
             await worker.start()
             stop = asyncio.Event()

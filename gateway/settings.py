@@ -47,12 +47,22 @@ class Settings:
     upstream_timeout: float = 30.0
     upstream_connect_timeout: float = 10.0
     upstream_max_connections: int = 200
+    upstream_max_connections_per_host: int = 100
+    upstream_total_timeout: float = 120.0
     upstream_max_response_bytes: int = 10 * 1024 * 1024
     signup_open: bool = True
     log_json: bool = False
     log_level: str = "INFO"
     # Lets tests and private deployments talk to upstreams over plain http.
     allow_http_upstreams: bool = False
+    # Networks (CIDRs) and host names the egress screen lets through although not public.
+    egress_allow: tuple[str, ...] = ()
+    https_proxy: str | None = None
+    http_proxy: str | None = None
+    no_proxy: str = ""
+    ca_bundle: Path | None = None
+    client_cert: Path | None = None
+    client_key: Path | None = None
     migrate_on_start: bool = True
     # Queue workers run inside `gateway serve` unless turned off (then run `gateway worker`).
     worker_in_serve: bool = True
@@ -129,6 +139,13 @@ def from_env(environ: Mapping[str, str] | None = None) -> Settings:
     def number(name: str, default: float) -> float:
         return float(env[name]) if env.get(name) else default
 
+    def path(name: str) -> Path | None:
+        return Path(env[name]) if env.get(name) else None
+
+    def proxy(name: str) -> str | None:
+        # Lower case first, as curl reads them.
+        return env.get(name.lower()) or env.get(name) or None
+
     return Settings(
         secret_keys=keys,
         database_url=database_url,
@@ -138,11 +155,20 @@ def from_env(environ: Mapping[str, str] | None = None) -> Settings:
         upstream_timeout=number("GATEWAY_UPSTREAM_TIMEOUT", 30.0),
         upstream_connect_timeout=number("GATEWAY_UPSTREAM_CONNECT_TIMEOUT", 10.0),
         upstream_max_connections=int(number("GATEWAY_UPSTREAM_MAX_CONNECTIONS", 200)),
+        upstream_max_connections_per_host=int(number("GATEWAY_UPSTREAM_MAX_CONNECTIONS_PER_HOST", 100)),
+        upstream_total_timeout=number("GATEWAY_UPSTREAM_TOTAL_TIMEOUT", 120.0),
         upstream_max_response_bytes=int(number("GATEWAY_UPSTREAM_MAX_RESPONSE_BYTES", 10 * 1024 * 1024)),
         signup_open=_bool(env.get("GATEWAY_SIGNUP_OPEN", "true")),
         log_json=_bool(env.get("GATEWAY_LOG_JSON", "false")),
         log_level=env.get("GATEWAY_LOG_LEVEL", "INFO").upper(),
         allow_http_upstreams=_bool(env.get("GATEWAY_ALLOW_HTTP_UPSTREAMS", "false")),
+        egress_allow=tuple(p.strip() for p in env.get("GATEWAY_EGRESS_ALLOW", "").split(",") if p.strip()),
+        https_proxy=proxy("HTTPS_PROXY"),
+        http_proxy=proxy("HTTP_PROXY"),
+        no_proxy=proxy("NO_PROXY") or "",
+        ca_bundle=path("GATEWAY_CA_BUNDLE"),
+        client_cert=path("GATEWAY_CLIENT_CERT"),
+        client_key=path("GATEWAY_CLIENT_KEY"),
         migrate_on_start=_bool(env.get("GATEWAY_MIGRATE_ON_START", "true")),
         worker_in_serve=_bool(env.get("GATEWAY_WORKER_IN_SERVE", "true")),
         worker_concurrency=int(number("GATEWAY_WORKER_CONCURRENCY", 8)),
