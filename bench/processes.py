@@ -155,8 +155,9 @@ class Children:
 
 
 def base_env(**extra: str) -> dict[str, str]:
-    """The parent's environment without any GATEWAY_* setting, plus `extra`."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "BENCH_"))}
+    """The parent's environment without any GATEWAY_* setting or proxy, plus `extra`."""
+    proxies = ("http_proxy", "https_proxy", "no_proxy")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "BENCH_")) and k.lower() not in proxies}
     env["PYTHONPATH"] = str(ROOT)
     env.update(extra)
     return env

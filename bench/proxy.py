@@ -4,8 +4,8 @@ It reads the caller's body, GETs the upstream's /fast and answers its bytes: wha
 Python proxy in front of an API must do at least. Served by uvicorn with the gateway's
 own options (`python -m uvicorn bench.proxy:app`). BENCH_PROXY_CLIENT picks the client:
 `httpx` (an httpx.AsyncClient with HTTPX's default transport: the reference the targets
-are set against) or `gateway` (the gateway's own client, gateway/http_client.py: what
-forwarding alone costs the gateway).
+are set against) or `gateway` (the gateway's outbound client, gateway/upstream_client.py
+on aiohttp, with its egress screen: what forwarding alone costs the gateway).
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway import http_client
-from gateway.upstream import parse_base
+from gateway import upstream_client
+from gateway.settings import Settings
+from gateway.upstream import request_for_url
 
 UPSTREAM = os.environ.get("BENCH_UPSTREAM_URL", "http://127.0.0.1:8001").rstrip("/")
 CLIENT = os.environ.get("BENCH_PROXY_CLIENT", "httpx")
@@ -34,9 +35,14 @@ LIMITS = httpx.Limits(max_connections=200, max_keepalive_connections=50, keepali
 @contextlib.asynccontextmanager
 async def lifespan(app: Starlette) -> AsyncIterator[None]:
     if CLIENT == "gateway":
-        async with http_client.Client(connect_timeout=10.0, read_timeout=30.0, max_connections=200) as client:
-            app.state.forward = _forward_with(client)
+        # The gateway's defaults, with loopback allowed and plain http, as the bench's gateway runs.
+        settings = Settings(secret_keys=("bench",), allow_http_upstreams=True, egress_allow=("127.0.0.1/32",))
+        client = upstream_client.Client(settings)
+        app.state.forward = _forward_with(client)
+        try:
             yield
+        finally:
+            await client.close()
         return
     async with httpx.AsyncClient(timeout=TIMEOUT, limits=LIMITS, trust_env=False) as client:
 
@@ -48,11 +54,9 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
         yield
 
 
-def _forward_with(client: http_client.Client):  # type: ignore[no-untyped-def]
-    origin, _ = parse_base(UPSTREAM)
-
+def _forward_with(client: upstream_client.Client):  # type: ignore[no-untyped-def]
     async def forward() -> tuple[int, bytes]:
-        upstream = await client.request("GET", origin, "/fast")
+        upstream = await client.send(request_for_url("GET", f"{UPSTREAM}/fast", {}), 10 * 1024 * 1024)
         return upstream.status, upstream.content
 
     return forward

@@ -15,7 +15,7 @@ from starlette.routing import Route
 
 from . import approvals, callbacks, limits, links, runs, tools, waitpoints
 from .errors import BadRequest, IdempotencyInProgress, IdempotencyMismatch, NotFound
-from .execute import execute, resolve
+from .execute import answer_status, execute, resolve
 from .jsoncodec import JSONAnswer
 from .models import ApiKey, Run, utcnow
 from .oauth import not_set_up
@@ -84,7 +84,8 @@ def _replay(services: Services, key: ApiKey, run: Run, request_hash: str) -> Res
         )
     else:
         body = runs.result_of(services.box, run) or {}
-        response = JSONResponse(body, status_code=run.http_status or 200, headers={"X-Run-Id": run.id})
+        status = answer_status(run.http_status or 200)
+        response = JSONResponse(body, status_code=status, headers={"X-Run-Id": run.id})
     response.headers["Idempotent-Replayed"] = "true"
     return response
 

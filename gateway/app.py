@@ -112,8 +112,8 @@ def create_app(settings: Settings, registry: specs.Registry | None = None) -> St
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         if settings.migrate_on_start:
             db.upgrade(engine)
-        async with clients(settings) as (http, upstream):
-            services = Services.build(settings, engine, registry, http, upstream)
+        async with clients(settings) as upstream:
+            services = Services.build(settings, engine, registry, upstream)
             app.state.services = services
             worker = None
             # Without a worker here, something must still time out waitpoints and approvals on time.

@@ -167,8 +167,8 @@ def cmd_worker(args: argparse.Namespace, settings: settings_module.Settings) -> 
     engine = _engine(settings)
 
     async def run() -> None:
-        async with clients(settings) as (http, upstream):
-            services = Services.build(settings, engine, registry, http, upstream)
+        async with clients(settings) as upstream:
+            services = Services.build(settings, engine, registry, upstream)
             worker = Worker(services, args.concurrency or settings.worker_concurrency)
             await worker.start()
             stop = asyncio.Event()

@@ -40,6 +40,16 @@ logger = logging.getLogger("gateway.execute")
 MAX_REFRESHES = 2
 
 
+# Statuses whose answer can carry no body (RFC 9110): the gateway's answer always has one.
+BODYLESS_STATUSES = frozenset({204, 205, 304})
+
+
+def answer_status(upstream_status: int) -> int:
+    """The HTTP status of the gateway's answer: the upstream's, or 200 when the upstream's
+    cannot carry the JSON body every call answers with (its own status stays in `status`)."""
+    return 200 if upstream_status in BODYLESS_STATUSES else upstream_status
+
+
 @dataclasses.dataclass
 class CallResult:
     http_status: int
@@ -159,7 +169,7 @@ async def call(
     body: dict[str, Any] = {"status": response.status, "data": response.data}
     if response.headers:
         body["headers"] = dict(response.headers)
-    http_status = response.status
+    http_status = answer_status(response.status)
     error_when = endpoint.spec.error_when
     if (
         error_when is not None

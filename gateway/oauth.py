@@ -19,7 +19,6 @@ from urllib.parse import quote
 
 from authlib.common.security import generate_token
 from authlib.integrations.base_client.errors import OAuthError
-from authlib.integrations.httpx_client import AsyncOAuth2Client
 from sqlalchemy import delete, select
 from sqlalchemy.engine import Engine
 
@@ -29,7 +28,7 @@ from .models import Connection, OAuthState, utcnow
 from .services import Services
 from .settings import Settings
 from .specs import Integration, OAuth2Auth
-from .tokens import HTTP_ERRORS
+from .token_endpoint import HTTP_ERRORS, TokenEndpointClient
 
 logger = logging.getLogger("gateway.oauth")
 
@@ -78,11 +77,12 @@ def not_set_up(settings: Settings, integration: Integration) -> IntegrationNotSe
     )
 
 
-def _client(settings: Settings, integration: Integration, redirect_uri: str) -> AsyncOAuth2Client:
+def _client(services: Services, integration: Integration, redirect_uri: str) -> TokenEndpointClient:
     auth = integration.spec.auth
     assert isinstance(auth, OAuth2Auth)
-    overrides = settings.overrides(integration.name)
-    return AsyncOAuth2Client(
+    overrides = services.settings.overrides(integration.name)
+    return TokenEndpointClient(
+        services.upstream,
         client_id=overrides.client_id,
         client_secret=overrides.client_secret,
         scope=scope_string(auth),
@@ -90,8 +90,6 @@ def _client(settings: Settings, integration: Integration, redirect_uri: str) -> 
         code_challenge_method="S256" if auth.pkce else None,
         token_endpoint_auth_method=auth.token_auth_method,
         revocation_endpoint_auth_method=auth.token_auth_method,
-        timeout=settings.upstream_timeout,
-        trust_env=False,
     )
 
 
@@ -116,10 +114,9 @@ async def begin(
     verifier = generate_token(64) if auth.pkce else None
     redirect_uri = callback_url(settings, integration.name)
     authorize_url = settings.overrides(integration.name).authorize_url or auth.authorize_url
-    async with _client(settings, integration, redirect_uri) as client:
-        url, _ = client.create_authorization_url(
-            authorize_url, state=state, code_verifier=verifier, **auth.authorize_params
-        )
+    url, _ = _client(services, integration, redirect_uri).create_authorization_url(
+        authorize_url, state=state, code_verifier=verifier, **auth.authorize_params
+    )
     now = utcnow()
     with services.engine.begin() as c:
         c.execute(delete(OAuthState).where(OAuthState.expires_at < now))
@@ -210,8 +207,8 @@ async def _exchange(services: Services, integration: Integration, row: OAuthStat
     verifier = services.box.decrypt(row.code_verifier)
     extra = {"code_verifier": verifier} if verifier else {}
     try:
-        async with _client(services.settings, integration, row.redirect_uri) as client:
-            token = dict(await client.fetch_token(token_url, grant_type="authorization_code", code=code, **extra))
+        client = _client(services, integration, row.redirect_uri)
+        token = dict(await client.fetch_token(token_url, grant_type="authorization_code", code=code, **extra))
     except OAuthError as exc:
         logger.info("token exchange for %s refused: %s", integration.name, exc.error)
         raise ConnectError(f"{name} refused the connection ({exc.error}). Nothing was connected; try again.") from None
@@ -286,8 +283,6 @@ async def _get_json(
             target = upstream.resolve_base_url(template, extra).rstrip("/") + target
         headers = {**integration.spec.headers, "Authorization": f"Bearer {access_token}"}
         request = upstream.request_for_url(method, target, headers)
-        if request.origin.scheme != "https" and not services.settings.allow_http_upstreams:
-            return None
         response = await upstream.send(services.upstream, request, LOOKUP_MAX_BYTES)
     except (GatewayError, UnicodeEncodeError) as exc:
         logger.info("lookup %s for %s failed: %s", target, integration.name, type(exc).__name__)
@@ -310,12 +305,12 @@ async def revoke(services: Services, integration: Integration, connection: Conne
         (services.box.decrypt(connection.refresh_token), "refresh_token"),
         (services.box.decrypt(connection.access_token), "access_token"),
     ]
+    client = _client(services, integration, callback_url(services.settings, integration.name))
     try:
-        async with _client(services.settings, integration, callback_url(services.settings, integration.name)) as c:
-            for value, hint in tokens:
-                if value:
-                    response = await c.revoke_token(url, token=value, token_type_hint=hint)
-                    if response.status_code >= 400:
-                        logger.warning("revoking a %s at %s answered %s", hint, integration.name, response.status_code)
+        for value, hint in tokens:
+            if value:
+                response = await client.revoke_token(url, token=value, token_type_hint=hint)
+                if response.status_code >= 400:
+                    logger.warning("revoking a %s at %s answered %s", hint, integration.name, response.status_code)
     except (*HTTP_ERRORS, OAuthError, ValueError) as exc:
         logger.warning("revoking tokens at %s failed: %s", integration.name, type(exc).__name__)

@@ -1,4 +1,4 @@
-"""What one gateway process holds: settings, database, specs, the shared HTTP client."""
+"""What one gateway process holds: settings, database, specs, the shared outbound client."""
 
 from __future__ import annotations
 
@@ -6,13 +6,11 @@ import contextlib
 import dataclasses
 import datetime as dt
 from collections.abc import AsyncIterator, Awaitable, Callable
-from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any
 
-import httpx
 from sqlalchemy.engine import Engine
 
-from . import http_client, plans, runs
+from . import plans, runs
 from .batch import Batcher
 from .crypto import Box, Signer
 from .leases import Leases
@@ -21,34 +19,18 @@ from .plans import PlanBook
 from .settings import Settings
 from .specs import Registry
 from .tokens import TokenStore
-
-
-def make_upstream_client(settings: Settings) -> http_client.Client:
-    """The client every proxied call goes through (see http_client for why it is its own)."""
-    return http_client.Client(
-        connect_timeout=settings.upstream_connect_timeout,
-        read_timeout=settings.upstream_timeout,
-        max_connections=settings.upstream_max_connections,
-        ssl_context=httpx.create_ssl_context(trust_env=False),
-    )
-
-
-def make_http_client(settings: Settings) -> httpx.AsyncClient:
-    """HTTPX for the gateway's own requests off the hot path: signed callbacks."""
-    return httpx.AsyncClient(
-        timeout=httpx.Timeout(settings.upstream_timeout, connect=settings.upstream_connect_timeout),
-        follow_redirects=False,
-        trust_env=False,
-        headers={"User-Agent": "integration-gateway"},
-        # One client serves every person's callbacks: a receiver's cookies must not reach the next one.
-        cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
-    )
+from .upstream_client import Client, UpstreamClient
 
 
 @contextlib.asynccontextmanager
-async def clients(settings: Settings) -> AsyncIterator[tuple[httpx.AsyncClient, http_client.Client]]:
-    async with make_http_client(settings) as http, make_upstream_client(settings) as upstream:
-        yield http, upstream
+async def clients(settings: Settings) -> AsyncIterator[Client]:
+    """The one outbound client of this process (gateway/upstream_client.py): upstream calls,
+    token endpoints, lookups and callbacks all go through it and its egress rules."""
+    client = Client(settings)
+    try:
+        yield client
+    finally:
+        await client.close()
 
 
 @dataclasses.dataclass
@@ -58,8 +40,7 @@ class Services:
     registry: Registry
     box: Box
     tokens: TokenStore
-    http: httpx.AsyncClient
-    upstream: http_client.Client
+    upstream: UpstreamClient
     signers: dict[str, Signer]
     plans: PlanBook = dataclasses.field(default_factory=lambda: PlanBook(dict(plans.BUILTIN), "free"))
     metrics: Metrics = dataclasses.field(default_factory=Metrics)
@@ -81,15 +62,14 @@ class Services:
         settings: Settings,
         engine: Engine,
         registry: Registry,
-        http: httpx.AsyncClient,
-        upstream: http_client.Client,
+        upstream: UpstreamClient,
     ) -> Services:
         from .approvals import complete_waitpoint
 
         box = Box(settings.secret_keys)
         metrics = Metrics()
         metrics.watch_queue(lambda: runs.queue_depth(engine))
-        tokens = TokenStore(settings, engine, box)
+        tokens = TokenStore(settings, engine, box, upstream)
         tokens.on_refresh = lambda integration, result: metrics.refreshes.labels(integration, result).inc()
         services = cls(
             settings=settings,
@@ -98,7 +78,6 @@ class Services:
             box=box,
             tokens=tokens,
             metrics=metrics,
-            http=http,
             upstream=upstream,
             signers={},
             run_finished_hooks=[complete_waitpoint],

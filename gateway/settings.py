@@ -9,6 +9,7 @@ expects, never a default in disguise.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import logging
 import math
 import os
@@ -67,12 +68,22 @@ class Settings:
     upstream_timeout: float = 30.0
     upstream_connect_timeout: float = 10.0
     upstream_max_connections: int = 200
+    upstream_max_connections_per_host: int = 100
+    upstream_total_timeout: float = 120.0
     upstream_max_response_bytes: int = 10 * 1024 * 1024
     signup_open: bool = True
     log_json: bool = False
     log_level: str = "INFO"
     # Lets tests and private deployments talk to upstreams over plain http.
     allow_http_upstreams: bool = False
+    # Networks (CIDRs) and host names the egress screen lets through although not public.
+    egress_allow: tuple[str, ...] = ()
+    https_proxy: str | None = None
+    http_proxy: str | None = None
+    no_proxy: str = ""
+    ca_bundle: Path | None = None
+    client_cert: Path | None = None
+    client_key: Path | None = None
     migrate_on_start: bool = True
     # Queue workers run inside `gateway serve` unless turned off (then run `gateway worker`).
     worker_in_serve: bool = True
@@ -109,6 +120,10 @@ BOOLEANS = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0
 DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?$")
 DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": DAY}
 DURATION_HELP = "seconds (30) or a number with a unit: 500ms, 30s, 2m, 1h, 1d"
+# A GATEWAY_EGRESS_ALLOW host name or suffix: DNS labels, optionally led by "." or "*.".
+HOST_ENTRY = re.compile(
+    r"^(\*\.|\.)?[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?)*\.?$"
+)
 
 
 def parse_duration(text: str) -> float | None:
@@ -227,6 +242,25 @@ class Env:
             raise self.refuse(name, value, "the path of an existing file")
         return path
 
+    def proxy(self, name: str) -> str | None:
+        """A proxy URL from HTTPS_PROXY/HTTP_PROXY/NO_PROXY, lower case first as curl reads them."""
+        return self.raw(name.lower()) or self.raw(name)
+
+    def egress_allow(self, name: str) -> tuple[str, ...]:
+        """CIDRs, host names and .domain suffixes; a CIDR-looking entry that does not parse is refused."""
+        entries = tuple(e.strip().lower() for e in (self.raw(name) or "").split(",") if e.strip())
+        for entry in entries:
+            if entry[:1].isdigit() or ":" in entry or "/" in entry:
+                try:
+                    ipaddress.ip_network(entry, strict=False)
+                except ValueError:
+                    raise self.refuse(
+                        name, entry, "a CIDR such as 10.0.0.0/8, a host name or a .domain suffix"
+                    ) from None
+            elif not HOST_ENTRY.match(entry):
+                raise self.refuse(name, entry, "a CIDR such as 10.0.0.0/8, a host name or a .domain suffix")
+        return entries
+
     def paths(self, name: str) -> tuple[Path, ...]:
         return tuple(Path(p).expanduser() for p in (self.raw(name) or "").split(os.pathsep) if p.strip())
 
@@ -340,11 +374,22 @@ def from_env(environ: Mapping[str, str] | None = None) -> Settings:
         upstream_timeout=env.duration("GATEWAY_UPSTREAM_TIMEOUT", 30.0, minimum=0.001, maximum=DAY),
         upstream_connect_timeout=env.duration("GATEWAY_UPSTREAM_CONNECT_TIMEOUT", 10.0, minimum=0.001, maximum=DAY),
         upstream_max_connections=env.integer("GATEWAY_UPSTREAM_MAX_CONNECTIONS", 200, maximum=100_000),
+        upstream_max_connections_per_host=env.integer(
+            "GATEWAY_UPSTREAM_MAX_CONNECTIONS_PER_HOST", 100, maximum=100_000
+        ),
+        upstream_total_timeout=env.duration("GATEWAY_UPSTREAM_TOTAL_TIMEOUT", 120.0, minimum=0.001, maximum=DAY),
         upstream_max_response_bytes=env.integer("GATEWAY_UPSTREAM_MAX_RESPONSE_BYTES", 10 * 1024 * 1024),
         signup_open=env.boolean("GATEWAY_SIGNUP_OPEN", True),
         log_json=env.boolean("GATEWAY_LOG_JSON", False),
         log_level=env.choice("GATEWAY_LOG_LEVEL", "INFO", LOG_LEVELS),
         allow_http_upstreams=env.boolean("GATEWAY_ALLOW_HTTP_UPSTREAMS", False),
+        egress_allow=env.egress_allow("GATEWAY_EGRESS_ALLOW"),
+        https_proxy=env.proxy("HTTPS_PROXY"),
+        http_proxy=env.proxy("HTTP_PROXY"),
+        no_proxy=env.proxy("NO_PROXY") or "",
+        ca_bundle=env.file("GATEWAY_CA_BUNDLE"),
+        client_cert=env.file("GATEWAY_CLIENT_CERT"),
+        client_key=env.file("GATEWAY_CLIENT_KEY"),
         migrate_on_start=env.boolean("GATEWAY_MIGRATE_ON_START", True),
         worker_in_serve=env.boolean("GATEWAY_WORKER_IN_SERVE", True),
         worker_concurrency=env.integer("GATEWAY_WORKER_CONCURRENCY", 8, maximum=10_000),

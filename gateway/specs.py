@@ -26,6 +26,31 @@ ENDPOINT_NAME = r"^[a-z][a-z0-9_]{0,62}$"
 # Names the /v1 routes use for themselves; no integration may take them.
 RESERVED_NAMES = frozenset({"integrations", "runs", "queues", "waitpoints", "tools", "approvals", "connections"})
 PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+# RFC 9110's token: what a header name may be made of.
+HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+# Headers that frame the message or the connection: only the HTTP client sets them. One
+# from a spec would sit next to the client's own (two Host or Content-Length headers on a
+# connection that every caller shares: request smuggling).
+FRAMING_HEADERS = frozenset(
+    {"host", "content-length", "transfer-encoding", "connection", "upgrade", "te", "trailer", "keep-alive"}
+)
+
+
+def check_header_name(name: str) -> str:
+    if not HEADER_NAME.fullmatch(name):
+        raise ValueError(f"'{name}' is not a valid header name")
+    lowered = name.lower()
+    if lowered in FRAMING_HEADERS or lowered.startswith("proxy-"):
+        raise ValueError(f"the header '{name}' is set by the HTTP client; a spec may not set it")
+    return name
+
+
+def _check_header_names(headers: dict[str, str]) -> dict[str, str]:
+    for name in headers:
+        check_header_name(name)
+    return headers
+
+
 CONNECTION_PLACEHOLDER = re.compile(r"\{connection\.([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
@@ -95,6 +120,12 @@ class ApiKeyAuth(Strict):
         if "{api_key}" not in value:
             raise ValueError("template must contain {api_key}")
         return value
+
+    @model_validator(mode="after")
+    def _header_name(self) -> ApiKeyAuth:
+        if self.placement == "header":
+            check_header_name(self.name)
+        return self
 
 
 class Param(Strict):
@@ -210,6 +241,8 @@ class Endpoint(Strict):
     error_when: ErrorWhen | None = None
     docs_url: str | None = None
 
+    _headers = field_validator("headers")(_check_header_names)
+
     @field_validator("path")
     @classmethod
     def _path_shape(cls, value: str) -> str:
@@ -231,9 +264,14 @@ class Endpoint(Strict):
                 raise ValueError(f"path param '{name}' must be required")
             if param.multi_segment and f"/{{{name}}}" not in self.path:
                 raise ValueError(f"multi-segment param '{name}' must fill whole path segments")
-        for name in self.params:
+        for name, param in self.params.items():
             if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", name):
                 raise ValueError(f"param name '{name}' must be an identifier")
+            if param.location == "header":
+                try:
+                    check_header_name(param.name or name)
+                except ValueError as exc:
+                    raise ValueError(f"param '{name}': {exc}") from None
         if self.graphql and self.method != "POST":
             raise ValueError("graphql endpoints use POST")
         return self
@@ -251,6 +289,8 @@ class Spec(Strict):
     endpoints: dict[str, Endpoint]
     # Fields a person enters when connecting, stored on the connection (Atlassian site id).
     connection_fields: dict[str, str] = {}
+
+    _headers = field_validator("headers")(_check_header_names)
 
     @field_validator("endpoints")
     @classmethod

@@ -21,9 +21,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-import httpx
 from authlib.integrations.base_client.errors import OAuthError
-from authlib.integrations.httpx_client import AsyncOAuth2Client
 from sqlalchemy import or_, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
@@ -34,20 +32,15 @@ from .errors import TokenExpired, TokenRefreshUnavailable
 from .models import Connection, utcnow
 from .settings import Settings
 from .specs import Integration, OAuth2Auth
+from .token_endpoint import HTTP_ERRORS, TIMEOUT_SECONDS, TokenEndpointClient
 from .ttlcache import TTLCache
+from .upstream_client import UpstreamClient
 
 logger = logging.getLogger("gateway.tokens")
 
-try:  # Authlib speaks httpx2 when it is installed (the mcp SDK brings it), httpx otherwise.
-    import httpx2
-
-    HTTP_ERRORS: tuple[type[Exception], ...] = (httpx.HTTPError, httpx2.HTTPError)
-except ImportError:  # pragma: no cover
-    HTTP_ERRORS = (httpx.HTTPError,)
-
 EXPIRY_LEEWAY = dt.timedelta(seconds=60)
 # How long a refresh may take at the token endpoint, whoever is still waiting for it.
-REFRESH_TIMEOUT = 30.0
+REFRESH_TIMEOUT = TIMEOUT_SECONDS
 # The refresh lease covers the request and then storing its result (retried meanwhile), so that no
 # other process refreshes with the old refresh token while the new one is on its way to the database.
 LEASE = dt.timedelta(seconds=60)
@@ -60,10 +53,11 @@ def is_expired(connection: Connection) -> bool:
 
 
 class TokenStore:
-    def __init__(self, settings: Settings, engine: Engine, box: Box) -> None:
+    def __init__(self, settings: Settings, engine: Engine, box: Box, client: UpstreamClient) -> None:
         self.settings = settings
         self.engine = engine
         self.box = box
+        self.client = client
         self.owner = f"{os.getpid()}-{os.urandom(4).hex()}"
         self._locks: dict[int, asyncio.Lock] = {}
         # Every call needs its token in clear; decrypting costs ~20 µs, so each ciphertext is
@@ -257,13 +251,15 @@ class TokenStore:
     async def _request_refresh(
         self, auth: OAuth2Auth, client_id: str | None, client_secret: str | None, token_url: str, refresh_token: str
     ) -> dict[str, Any]:
-        # Authlib sends the client credentials as the spec says (Basic or body)
-        # and raises OAuthError for an OAuth error body, HTTP errors for an outage.
-        async with AsyncOAuth2Client(
+        # Authlib sends the client credentials as the spec says (Basic or body) and raises
+        # OAuthError for an OAuth error body; HTTP_ERRORS for an outage.
+        client = TokenEndpointClient(
+            self.client,
             client_id=client_id,
             client_secret=client_secret,
             token_endpoint_auth_method=auth.token_auth_method,
-            timeout=REFRESH_TIMEOUT,
-            trust_env=False,
-        ) as client:
+        )
+        # Its own bound, not the caller's: the refresh finishes (and is stored) even when the call
+        # that asked for it has given up.
+        async with asyncio.timeout(REFRESH_TIMEOUT):
             return dict(await client.refresh_token(token_url, refresh_token=refresh_token))

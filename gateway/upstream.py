@@ -11,20 +11,26 @@ import dataclasses
 import functools
 import json
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, quote, quote_plus, urlencode, urlsplit
 
 import httpx
+from yarl import URL
 
-from . import http_client, jsoncodec
+from . import jsoncodec, upstream_client
 from .errors import BadRequest, UpstreamResponseTooLarge, UpstreamTimeout, UpstreamUnreachable
-from .http_client import Origin
 from .params import CONTROL, PATH_FORBIDDEN
 from .specs import CONNECTION_PLACEHOLDER, PLACEHOLDER, CompiledEndpoint
+from .upstream_client import DEFAULT_PORTS, Origin, UpstreamClient
+
+if TYPE_CHECKING:
+    from multidict import CIMultiDictProxy
 
 SEGMENT_SAFE = "-._~@:!$&'()*+,;="
 PASSED_HEADERS = ("retry-after", "link")
 PASSED_PREFIXES = ("x-ratelimit-", "ratelimit-")
+# What a host may be once parsed: a DNS name or IPv4 literal, or an IPv6 literal (with a zone).
+HOST = re.compile(r"[a-z0-9_.-]+|[0-9a-f:.]+(%[a-z0-9_.-]+)?")
 
 
 @dataclasses.dataclass
@@ -39,30 +45,32 @@ class UpstreamRequest:
     query: list[tuple[str, str]]
     json_body: Any = None
     form_body: dict[str, str] | None = None
+    # Bytes sent as they are (a signed callback, a token request), with the headers' Content-Type.
+    content: bytes | None = None
 
     @property
-    def url(self) -> httpx.URL:
+    def url(self) -> URL:
         """The URL without its query, for reading (tests, messages); sending never parses it."""
-        return httpx.URL(f"{self.origin.scheme}://{self.origin.host_header}{self.path}")
+        return URL(f"{self.origin.scheme}://{self.origin.netloc}{self.path}", encoded=True)
 
     @property
-    def target(self) -> str:
-        if not self.query:
-            return self.path
-        return self.path + "?" + "&".join(f"{_form_quote(k)}={_form_quote(v)}" for k, v in self.query)
+    def query_string(self) -> str:
+        return "&".join(f"{_form_quote(k)}={_form_quote(v)}" for k, v in self.query)
 
-    def encoded(self) -> tuple[list[tuple[str, str]], bytes | None]:
-        """The headers and body bytes to send, encoded as HTTPX would encode them."""
-        headers = list(self.headers.items())
-        content: bytes | None = None
+    def encoded(self) -> tuple[dict[str, str], bytes | None]:
+        """The headers and body bytes to send."""
+        headers = self.headers
+        content = self.content
         if self.json_body is not None:
             content = jsoncodec.dumps(self.json_body)
             media = "application/json"
         elif self.form_body is not None:
             content = urlencode(self.form_body, doseq=True).encode()
             media = "application/x-www-form-urlencoded"
-        if content is not None and not any(name.lower() == "content-type" for name in self.headers):
-            headers.append(("Content-Type", media))
+        else:
+            return headers, content
+        if not any(name.lower() == "content-type" for name in headers):
+            headers = {**headers, "Content-Type": media}
         return headers, content
 
 
@@ -104,7 +112,15 @@ def parse_base(url: str) -> tuple[Origin, str]:
         raise BadRequest("The integration's base URL is not valid.") from None
     if parts.scheme not in ("http", "https") or not parts.hostname or "@" in parts.netloc:
         raise BadRequest("The integration's base URL must be an http(s) URL with a host and no credentials.")
-    origin = Origin(parts.scheme, parts.hostname, port or http_client.DEFAULT_PORTS[parts.scheme])
+    host = parts.hostname
+    if not host.isascii():
+        try:
+            host = host.encode("idna").decode("ascii")
+        except UnicodeError:
+            raise BadRequest("The integration's base URL has a host name that cannot be encoded.") from None
+    if not HOST.fullmatch(host):
+        raise BadRequest("The integration's base URL has a malformed host.")
+    origin = Origin(parts.scheme, host, port or DEFAULT_PORTS[parts.scheme])
     return origin, parts.path.rstrip("/")
 
 
@@ -204,25 +220,27 @@ def _query_values(name: str, value: Any, explode: bool) -> list[tuple[str, str]]
     return [(name, _scalar(value))]
 
 
-def passed_headers(headers: dict[str, str]) -> dict[str, str]:
-    return {key: value for key, value in headers.items() if key in PASSED_HEADERS or key.startswith(PASSED_PREFIXES)}
+def passed_headers(headers: CIMultiDictProxy[str]) -> dict[str, str]:
+    """The rate-limit and pagination headers, lower-cased; a repeated one's values joined with ", "."""
+    passed: dict[str, str] = {}
+    for name, value in headers.items():
+        key = name.lower()
+        if key in PASSED_HEADERS or key.startswith(PASSED_PREFIXES):
+            passed[key] = f"{passed[key]}, {value}" if key in passed else value
+    return passed
 
 
-async def send(client: http_client.Client, request: UpstreamRequest, max_bytes: int) -> UpstreamResponse:
-    headers, content = request.encoded()
-    host = request.origin.host
+async def send(client: UpstreamClient, request: UpstreamRequest, max_bytes: int) -> UpstreamResponse:
     try:
-        response = await client.request(request.method, request.origin, request.target, headers, content, max_bytes)
-    except http_client.ResponseTooLarge:
+        response = await client.send(request, max_bytes)
+    except upstream_client.TooLarge:
         raise UpstreamResponseTooLarge(
             f"The upstream response exceeded the {max_bytes}-byte limit.", details={"limit_bytes": max_bytes}
         ) from None
-    except http_client.TimeoutException:
-        raise UpstreamTimeout(f"{host} did not answer in time.") from None
-    except http_client.RemoteProtocolError as exc:
-        raise UpstreamUnreachable(f"{host} broke off or garbled its answer ({exc}).") from None
-    except http_client.HTTPError as exc:
-        raise UpstreamUnreachable(f"{host} could not be reached ({type(exc).__name__}).") from None
+    except upstream_client.Timeout as exc:
+        raise UpstreamTimeout(f"{exc}.") from None
+    except upstream_client.OutboundError as exc:
+        raise UpstreamUnreachable(f"{exc}.") from None
     return UpstreamResponse(
         status=response.status,
         data=decode_body(response.content, response.headers.get("content-type", "")),

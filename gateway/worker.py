@@ -224,7 +224,7 @@ class Worker:
                 secret = callbacks.secret_for(self.services.settings, key)
                 payload = describe(self.services, finished)
                 task = asyncio.create_task(
-                    callbacks.deliver(self.services.http, secret, finished.callback_url, payload)
+                    callbacks.deliver(self.services.upstream, secret, finished.callback_url, payload)
                 )
                 self._background.add(task)
                 task.add_done_callback(self._background.discard)

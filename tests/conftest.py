@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -137,6 +138,8 @@ def make_settings(database_url: str, provider_url: str, **changes: object) -> Se
         integrations_paths=(TESTS / "integrations",),
         integrations=provider_overrides(provider_url),
         allow_http_upstreams=True,
+        # The fake provider and upstreams listen on loopback, which the egress screen refuses.
+        egress_allow=("127.0.0.1/32",),
         upstream_timeout=5.0,
         upstream_max_response_bytes=2 * 1024 * 1024,
     )
@@ -214,15 +217,22 @@ class Gateway:
         )
 
 
-@pytest.fixture
-def gateway(settings: Settings) -> Iterator[Gateway]:
-    server = ServerThread(create_app(settings)).start()
+@contextlib.contextmanager
+def running_gateway(settings: Settings, port: int | None = None) -> Iterator[Gateway]:
+    """A gateway with these settings, served on 127.0.0.1 until the block ends."""
+    server = ServerThread(create_app(settings), port=port).start()
     gw = Gateway(settings, server)
     try:
         yield gw
     finally:
         gw.http.close()
         server.stop()
+
+
+@pytest.fixture
+def gateway(settings: Settings) -> Iterator[Gateway]:
+    with running_gateway(settings) as gw:
+        yield gw
 
 
 @pytest.fixture
@@ -249,10 +259,5 @@ def public_gateway(database_url: str, provider: ProviderState) -> Iterator[Gatew
         for name, fake in provider_overrides(provider.url).items()  # type: ignore[attr-defined]
     }
     settings = make_settings(database_url, provider.url, public_url=url, integrations=overrides)  # type: ignore[attr-defined]
-    server = ServerThread(create_app(settings), port=port).start()
-    gw = Gateway(settings, server)
-    try:
+    with running_gateway(settings, port) as gw:
         yield gw
-    finally:
-        gw.http.close()
-        server.stop()

@@ -19,11 +19,14 @@ GATEWAY = str(Path(sys.executable).parent / "gateway")
 
 
 def gateway_env(database_url: str, provider_url: str, secret: str, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    # No proxy either: every test server is on loopback.
+    proxies = ("http_proxy", "https_proxy", "no_proxy")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_") and k.lower() not in proxies}
     env.update(
         GATEWAY_DATABASE_URL=database_url,
         GATEWAY_SECRET_KEY=secret,
         GATEWAY_ALLOW_HTTP_UPSTREAMS="true",
+        GATEWAY_EGRESS_ALLOW="127.0.0.1/32",
         GATEWAY_INTEGRATIONS_PATH=str(Path(__file__).resolve().parent / "integrations"),
         GATEWAY_LOG_LEVEL="WARNING",
     )

@@ -235,7 +235,7 @@ def test_signed_callback(fake) -> None:
     ],
 )
 def test_callback_urls_are_checked(gateway: Gateway, provider, url) -> None:  # type: ignore[no-untyped-def]
-    strict = dataclasses.replace(gateway.settings, allow_http_upstreams=False)
+    strict = dataclasses.replace(gateway.settings, allow_http_upstreams=False, egress_allow=())
     with ServerThread(create_app(strict)) as server:
         gw = Gateway(strict, server)
         user_id = gw.user()

@@ -163,3 +163,48 @@ def test_a_server_database_needs_the_secret_from_the_environment(tmp_path: Path)
     with pytest.raises(ValueError, match="GATEWAY_SECRET_KEY"):
         from_env({"GATEWAY_HOME": str(tmp_path), "GATEWAY_DATABASE_URL": "postgresql://gw@db.internal/gw"})
     assert not (tmp_path / "secret_key").exists()
+
+
+def test_egress_settings(tmp_path: Path) -> None:
+    ca, cert = tmp_path / "private-ca.pem", tmp_path / "client.pem"
+    ca.write_text("ca"), cert.write_text("cert")
+    settings = from_env(
+        _env(
+            tmp_path,
+            GATEWAY_EGRESS_ALLOW=" 10.0.0.0/8, billing.internal ,,.corp.example",
+            GATEWAY_UPSTREAM_TOTAL_TIMEOUT="45",
+            GATEWAY_UPSTREAM_MAX_CONNECTIONS_PER_HOST="20",
+            HTTPS_PROXY="http://upper.example:3128",
+            https_proxy="http://proxy.example:3128",
+            HTTP_PROXY="http://plain.example:3128",
+            NO_PROXY=".internal,localhost",
+            GATEWAY_CA_BUNDLE=str(ca),
+            GATEWAY_CLIENT_CERT=str(cert),
+        )
+    )
+    assert settings.egress_allow == ("10.0.0.0/8", "billing.internal", ".corp.example")
+    assert (settings.upstream_total_timeout, settings.upstream_max_connections_per_host) == (45.0, 20)
+    # Lower case wins, as curl reads them.
+    assert settings.https_proxy == "http://proxy.example:3128" and settings.http_proxy == "http://plain.example:3128"
+    assert settings.no_proxy == ".internal,localhost"
+    assert settings.ca_bundle == ca
+    assert settings.client_cert == cert and settings.client_key is None
+    defaults = from_env(_env(tmp_path))
+    assert defaults.egress_allow == () and defaults.https_proxy is None and defaults.upstream_total_timeout == 120.0
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("GATEWAY_EGRESS_ALLOW", "10.0.0.0/33"),
+        ("GATEWAY_EGRESS_ALLOW", "10.0.0.0/8, not a host"),
+        ("GATEWAY_EGRESS_ALLOW", "http://billing.internal"),
+        ("GATEWAY_UPSTREAM_TOTAL_TIMEOUT", "forever"),
+        ("GATEWAY_UPSTREAM_MAX_CONNECTIONS_PER_HOST", "0"),
+        ("GATEWAY_CA_BUNDLE", "/nonexistent/ca.pem"),
+    ],
+)
+def test_a_bad_egress_value_is_refused_naming_its_variable(tmp_path: Path, name: str, value: str) -> None:
+    with pytest.raises(ValueError) as refused:
+        from_env(_env(tmp_path, **{name: value}))
+    assert name in str(refused.value)

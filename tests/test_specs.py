@@ -125,3 +125,33 @@ def test_tool_names_must_be_unique_short_and_not_reserved(tmp_path: Path) -> Non
     write(tmp_path / "only", long)
     with pytest.raises(SpecError, match="longer than 64"):
         load_registry([tmp_path / "only"])
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "field"),
+    [
+        (["headers"], {"Host": "api.evil.example"}, "headers"),
+        (["headers"], {"Content-Length": "3"}, "headers"),
+        (["endpoints", "get_thing", "headers"], {"transfer-encoding": "chunked"}, "endpoints.get_thing.headers"),
+        (["endpoints", "get_thing", "headers"], {"Connection": "close"}, "endpoints.get_thing.headers"),
+        (["endpoints", "get_thing", "headers"], {"Proxy-Authorization": "Basic x"}, "endpoints.get_thing.headers"),
+        (["headers"], {"X-A: b": "c"}, "headers"),
+        (
+            ["endpoints", "get_thing", "params", "te"],
+            {"type": "string", "in": "header", "description": "d"},
+            "endpoints.get_thing",
+        ),
+        (
+            ["endpoints", "get_thing", "params", "size"],
+            {"type": "integer", "in": "header", "name": "Content-Length", "description": "d"},
+            "endpoints.get_thing",
+        ),
+        (["auth"], {"type": "api_key", "name": "Host"}, "auth.api_key"),
+    ],
+)
+def test_framing_headers_can_never_come_from_a_spec(tmp_path: Path, path: list[str], value: object, field: str) -> None:
+    # Issue #16: a spec's Host or Content-Length went out next to the client's own (two Host
+    # headers, Content-Length 0 and 3) on a pool every caller shares: request smuggling.
+    with pytest.raises(SpecError, match="set by the HTTP client|not a valid header name") as error:
+        load_file(write(tmp_path, with_change(path, value)))
+    assert str(tmp_path) in str(error.value) and field in str(error.value)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import http.client
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,9 +15,10 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from gateway import upstream
 from gateway.errors import BadRequest, UpstreamResponseTooLarge
-from gateway.services import clients, make_upstream_client
+from gateway.services import clients
 from gateway.settings import Settings
 from gateway.specs import load_registry
+from tests.conftest import Gateway
 from tests.servers import ServerThread
 
 REGISTRY = load_registry(
@@ -35,7 +38,7 @@ def test_host_never_changes_and_path_is_encoded_per_segment() -> None:
     assert str(request.url) == "https://api.github.com/repos/acme/web.app"
     ep = endpoint("fakeapi", "echo")
     request = upstream.build_request(ep, {"item": "x y?#"}, base_url="https://fake.invalid/api")
-    assert request.url.raw_path == b"/api/echo/x%20y%3F%23"
+    assert request.url.raw_path == "/api/echo/x%20y%3F%23"
     assert request.url.host == "fake.invalid"
 
 
@@ -87,12 +90,16 @@ def fake() -> Iterator[tuple[Upstream, str]]:
         yield app, server.url
 
 
+# The fake upstream listens on loopback over plain http: both must be allowed.
+LOOPBACK = Settings(secret_keys=("x",), allow_http_upstreams=True, egress_allow=("127.0.0.1/32",))
+
+
 def send(fake: tuple[Upstream, str], response: Response, max_bytes: int = 1000) -> upstream.UpstreamResponse:
     app, url = fake
     app.response = response
 
     async def go() -> upstream.UpstreamResponse:
-        async with make_upstream_client(Settings(secret_keys=("x",))) as client:
+        async with clients(LOOPBACK) as client:
             return await upstream.send(client, upstream.request_for_url("GET", url + "/a", {}), max_bytes)
 
     return asyncio.run(go())
@@ -140,11 +147,44 @@ def test_no_client_carries_one_callers_cookies_to_the_next(fake) -> None:  # typ
     app.response = response
 
     async def twice() -> None:
-        async with clients(Settings(secret_keys=("x",))) as (http, upstream_client):
-            for _ in range(2):
-                await http.get(url + "/")
-                await upstream.send(upstream_client, upstream.request_for_url("GET", url + "/", {}), 1000)
+        async with clients(LOOPBACK) as client:
+            for _ in range(3):
+                await upstream.send(client, upstream.request_for_url("GET", url + "/", {}), 1000)
 
     app.seen.clear()
     asyncio.run(twice())
-    assert len(app.seen) == 4 and [r.headers.get("cookie") for r in app.seen] == [None] * 4
+    assert len(app.seen) == 3 and [r.headers.get("cookie") for r in app.seen] == [None] * 3
+
+
+@pytest.mark.parametrize("status", [204, 304])
+def test_an_answer_without_a_body_is_answered_cleanly_on_a_kept_alive_connection(
+    gateway: Gateway, provider, status: int
+) -> None:  # type: ignore[no-untyped-def]
+    # Issue #15: the gateway answered 204 and then wrote a JSON body; the server raised
+    # "Response content longer than Content-Length" and the caller's connection broke.
+    user_id = gateway.user()
+    gateway.connect(user_id, provider, integration="fakeapi")
+    secret = gateway.key(user_id)
+    connection = http.client.HTTPConnection(gateway.url.removeprefix("http://"), timeout=30)
+    try:
+        answers = []
+        for _ in range(2):
+            connection.request(
+                "POST",
+                "/v1/fakeapi/status",
+                body=json.dumps({"params": {"code": status}}),
+                headers={"Authorization": f"Bearer {secret}", "Content-Type": "application/json"},
+            )
+            response = connection.getresponse()
+            answers.append((response.status, json.loads(response.read())))
+            run_id = response.getheader("x-run-id")
+            socket = connection.sock
+            assert socket is not None  # still open: the next request goes on the same connection
+        assert connection.sock is socket
+    finally:
+        connection.close()
+    # The body every call answers with needs a status that may carry one.
+    body = {"status": status, "data": None, "headers": {"x-ratelimit-remaining": "7"}}
+    assert answers == [(200, body), (200, body)]
+    run = gateway.run(run_id or "")
+    assert (run.upstream_status, run.http_status, run.status) == (status, 200, "completed")

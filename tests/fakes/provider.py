@@ -301,6 +301,8 @@ def create_provider(state: ProviderState) -> Starlette:
             with state.lock:
                 state.recorded.append((queue, int(seq), started, time.monotonic()))
             return JSONResponse({"queue": queue, "seq": int(seq)})
+        if sub.startswith("/public/status/"):
+            return Response(status_code=int(sub.rsplit("/", 1)[1]), headers={"x-ratelimit-remaining": "7"})
         if sub == "/public/slow":
             await asyncio.sleep(float(request.query_params.get("seconds", "2")))
             return JSONResponse({"slow": True})
