@@ -152,8 +152,10 @@ def test_500_concurrent_waiters_cost_a_bounded_number_of_queries(caller) -> None
                 while notifier.waiting < 450:
                     await asyncio.sleep(0.1)
                 await asyncio.sleep(1.0)
-                # Whoever completes a waitpoint is another party, on connections of its own.
-                async with httpx.AsyncClient(timeout=60) as completer:
+                # Whoever completes a waitpoint is another party, on connections of its own: a new one
+                # each time, as this loop may be busy past the server's keep-alive timeout between two.
+                fresh = httpx.Limits(max_keepalive_connections=0)
+                async with httpx.AsyncClient(timeout=60, limits=fresh) as completer:
                     for created in ids:
                         answer = await completer.post(created["url"], json={"done": True})
                         assert answer.json()["completed"] is True
