@@ -65,6 +65,8 @@ def test_a_valid_spec_loads(tmp_path: Path) -> None:
         (["auth", "token_auth_method"], "private_key_jwt", "auth.oauth2.token_auth_method"),
         (["base_url"], "ftp://x", "base_url"),
         (["name"], "runs", "name"),
+        (["name"], "callbacks", "name"),
+        (["endpoints", "get_thing", "params", "id", "format"], "uuid", "endpoints.get_thing.params.id.format"),
         (["endpoints"], {}, "endpoints"),
     ],
 )
@@ -125,3 +127,12 @@ def test_tool_names_must_be_unique_short_and_not_reserved(tmp_path: Path) -> Non
     write(tmp_path / "only", long)
     with pytest.raises(SpecError, match="longer than 64"):
         load_registry([tmp_path / "only"])
+
+
+def test_a_nested_format_the_gateway_does_not_check_is_refused(tmp_path: Path) -> None:
+    data = with_change(
+        ["endpoints", "get_thing", "params", "ids"],
+        {"type": "array", "in": "query", "description": "Ids.", "items": {"type": "string", "format": "uuid"}},
+    )
+    with pytest.raises(SpecError, match="format 'uuid' is not one the gateway checks"):
+        load_file(write(tmp_path, data))
