@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from datetime import timedelta
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
+from starlette.convertors import StringConvertor, register_url_convertor
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -16,20 +16,19 @@ from starlette.routing import Route
 from . import approvals, callbacks, limits, links, runs, tools, waitpoints
 from .errors import BadRequest, IdempotencyInProgress, IdempotencyMismatch, NotFound
 from .execute import answer_status, execute, resolve
-from .jsoncodec import JSONAnswer
+from .jsoncodec import JSONAnswer, dumps
 from .models import ApiKey, Run, utcnow
 from .oauth import not_set_up
 from .openapi import describe_endpoint, describe_integration, openapi_document
+from .params import is_integer
 from .params import validate as validate_params
 from .requests import api_key, json_object
 from .runs import RunRecord
 from .services import Services
+from .specs import RESERVED_NAMES
 from .waitpoints_api import reference
 
 CALL_FIELDS = {"params", "queue", "async", "expires", "callback_url"}
-QUEUE_NAME = re.compile(r"^[A-Za-z0-9._:-]{1,200}$")
-IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
-MAX_EXPIRES = 90 * 24 * 3600
 
 
 def services_of(request: Request) -> Services:
@@ -44,7 +43,7 @@ def _options(body: dict[str, Any], services: Services) -> dict[str, Any]:
             details=[{"field": name, "message": "is not a known field"} for name in unknown],
         )
     queue, is_async = body.get("queue"), body.get("async", False)
-    if queue is not None and (not isinstance(queue, str) or not QUEUE_NAME.match(queue)):
+    if queue is not None and (not isinstance(queue, str) or not runs.QUEUE_NAME.fullmatch(queue)):
         raise BadRequest("'queue' must be 1-200 characters of letters, digits and . _ : -")
     if not isinstance(is_async, bool):
         raise BadRequest("'async' must be true or false.")
@@ -52,12 +51,11 @@ def _options(body: dict[str, Any], services: Services) -> dict[str, Any]:
     expires, callback_url = body.get("expires"), body.get("callback_url")
     if (expires is not None or callback_url is not None) and not queued:
         raise BadRequest("'expires' and 'callback_url' apply to queued calls: add 'queue' or 'async': true.")
-    if expires is not None and (
-        isinstance(expires, bool) or not isinstance(expires, int) or not 1 <= expires <= MAX_EXPIRES
-    ):
-        raise BadRequest(f"'expires' must be a whole number of seconds from 1 to {MAX_EXPIRES}.")
+    if expires is not None and (not is_integer(expires) or not 1 <= expires <= runs.MAX_EXPIRES):
+        raise BadRequest(f"'expires' must be a whole number of seconds from 1 to {runs.MAX_EXPIRES}.")
     if callback_url is not None:
         callbacks.check_url(services.settings, callback_url)
+    expires = int(expires) if expires is not None else None
     return {"queued": queued, "queue": queue, "expires": expires, "callback_url": callback_url}
 
 
@@ -142,7 +140,7 @@ async def call_endpoint(request: Request) -> Response:
     idempotency: tuple[str, str] | None = None
     header = request.headers.get("idempotency-key")
     if header is not None:
-        if not IDEMPOTENCY_KEY.match(header):
+        if not runs.IDEMPOTENCY_KEY.fullmatch(header):
             raise BadRequest("'Idempotency-Key' must be 1-255 visible ASCII characters.")
         idempotency = (header, _request_hash(integration, endpoint_name, body))
         # A key narrowed since its first call must not get that call's answer back.
@@ -234,17 +232,29 @@ async def show_endpoint(request: Request) -> Response:
 
 
 async def openapi(request: Request) -> Response:
-    document: dict[str, Any] = openapi_document(services_of(request))
-    return JSONResponse(document)
+    # The same for the process's life (settings and specs are fixed at start), and most of a megabyte.
+    state = request.app.state
+    if getattr(state, "openapi_body", None) is None:
+        state.openapi_body = dumps(openapi_document(services_of(request)))
+    return Response(state.openapi_body, media_type="application/json")
 
+
+class IntegrationName(StringConvertor):
+    """A path segment that is not one of the gateway's own /v1 names: /v1/runs/<id> is never a call,
+    so a POST there is a 405 naming the methods /v1/runs/<id> takes."""
+
+    regex = "(?!(?:" + "|".join(sorted(RESERVED_NAMES)) + ")(?:/|$))[^/]+"
+
+
+register_url_convertor("integration", IntegrationName())
 
 routes = [
     Route("/openapi.json", openapi, methods=["GET"]),
     Route("/v1/integrations", list_integrations, methods=["GET"]),
     Route("/v1/integrations/{name}/connect", start_connection, methods=["POST"]),
-    Route("/v1/{integration}", show_integration, methods=["GET"]),
-    Route("/v1/{integration}/{endpoint}", show_endpoint, methods=["GET"]),
+    Route("/v1/{integration:integration}", show_integration, methods=["GET"]),
+    Route("/v1/{integration:integration}/{endpoint}", show_endpoint, methods=["GET"]),
 ]
 # The hot route, matched before every other: Starlette tries routes in order (~0.5 µs each).
 # No other route takes a POST to /v1/<a>/<b>, so putting it first changes no answer.
-call_route = Route("/v1/{integration}/{endpoint}", call_endpoint, methods=["POST"])
+call_route = Route("/v1/{integration:integration}/{endpoint}", call_endpoint, methods=["POST"])

@@ -8,18 +8,19 @@ import gc
 import logging
 import re
 from collections.abc import AsyncIterator
+from urllib.parse import unquote_to_bytes
 
 from sqlalchemy.exc import DBAPIError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Mount
+from starlette.routing import Match, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import api, dashboard, db, mcp, ops, runs_api, specs, tools, waitpoints_api, web
-from .errors import GatewayError, InternalError, MethodNotAllowed, NotFound, ServiceUnavailable
+from . import api, dashboard, db, jsoncodec, mcp, ops, runs_api, specs, tools, waitpoints_api, web
+from .errors import BadRequest, GatewayError, InternalError, MethodNotAllowed, NotFound, ServiceUnavailable
 from .logs import request_id_var
 from .middleware import RateLimitHeadersMiddleware
 from .models import random_hex
@@ -58,6 +59,43 @@ class RequestIdMiddleware:
             request_id_var.reset(token)
 
 
+def _unreadable(scope: Scope) -> str | None:
+    """Which part of the address holds what no route can take: text that is not UTF-8 (or a lone
+    surrogate, from a server that decodes with surrogateescape) or NUL, which no database text holds."""
+    raw_path = scope.get("raw_path") or b""
+    path: str = scope["path"]
+    if "\x00" in path or jsoncodec.has_lone_surrogate(path) or (b"%" in raw_path and not _utf8(raw_path)):
+        return "path"
+    query: bytes = scope.get("query_string", b"")
+    if b"%" in query and (b"%00" in query or not _utf8(query.replace(b"+", b" "))):
+        return "query string"
+    return None
+
+
+def _utf8(encoded: bytes) -> bool:
+    try:
+        unquote_to_bytes(encoded).decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+class UnreadableAddressMiddleware:
+    """Answers 400 for a path or query no route can read, before any route reads it."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        part = _unreadable(scope) if scope["type"] == "http" else None
+        if part is None:
+            await self.app(scope, receive, send)
+            return
+        error = BadRequest(f"The {part} holds a NUL character or text that is not UTF-8.")
+        response = await gateway_error(Request(scope, receive), error)
+        await response(scope, receive, send)
+
+
 def request_id(request: Request) -> str | None:
     return getattr(request.state, "request_id", None)
 
@@ -73,14 +111,28 @@ async def gateway_error(request: Request, exc: Exception) -> Response:
     return error_response(request, exc)
 
 
+def allowed_methods(request: Request) -> str:
+    """Every method some route takes at this path: Starlette's 405 names only the first route's."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        if isinstance(route, Route) and route.methods and route.matches(request.scope)[0] != Match.NONE:
+            methods |= route.methods
+    return ", ".join(sorted(methods))
+
+
 async def http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
+    if exc.status_code == 405:
+        allow = {"Allow": allowed_methods(request)}
+        if web.is_page(request.url.path):
+            response = web.error_page(request, 405, exc.detail)
+            response.headers.update(allow)
+            return response
+        return error_response(request, MethodNotAllowed(f"{request.method} is not allowed here.", headers=allow))
     if web.is_page(request.url.path):
         return web.error_page(request, exc.status_code, exc.detail)
     if exc.status_code == 404:
         return error_response(request, NotFound("There is nothing at this address."))
-    if exc.status_code == 405:
-        return error_response(request, MethodNotAllowed(f"{request.method} is not allowed here."))
     error = GatewayError(exc.detail or "HTTP error")
     error.code, error.status = "bad_request", exc.status_code
     return error_response(request, error)
@@ -161,6 +213,7 @@ def create_app(settings: Settings, registry: specs.Registry | None = None) -> St
             Exception: server_error,
         },
     )
+    app.add_middleware(UnreadableAddressMiddleware)
     app.add_middleware(web.PageHeadersMiddleware)
     app.add_middleware(RateLimitHeadersMiddleware)
     app.add_middleware(RequestIdMiddleware)

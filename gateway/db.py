@@ -26,6 +26,8 @@ from tenacity import (
     wait_random,
 )
 
+from . import jsoncodec
+
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 logger = logging.getLogger("gateway.db")
 T = TypeVar("T")
@@ -50,12 +52,12 @@ def make_engine(database_url: str) -> Engine:
     if url.get_backend_name() == "sqlite":
         if url.database and url.database != ":memory:":
             Path(url.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"check_same_thread": False})
+        engine = create_engine(url, connect_args={"check_same_thread": False}, json_deserializer=jsoncodec.loads_stored)
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     if url.get_backend_name() == "postgresql" and url.get_driver_name() in ("", "psycopg2"):
         url = url.set(drivername="postgresql+psycopg")
-    engine = create_engine(url, pool_size=20, max_overflow=20)
+    engine = create_engine(url, pool_size=20, max_overflow=20, json_deserializer=jsoncodec.loads_stored)
     event.listen(engine, "checkin", _checked_in)
     event.listen(engine, "checkout", _ping_if_idle)
     return engine

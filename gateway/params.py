@@ -9,11 +9,14 @@ the catalogue), and anything it is unsure of goes to jsonschema.
 
 from __future__ import annotations
 
+import datetime as dt
+import math
 import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from jsonschema import Draft202012Validator
+from jsonschema import Draft202012Validator, FormatChecker, validators
+from jsonschema.protocols import Validator
 
 from .errors import BadRequest
 
@@ -27,6 +30,85 @@ CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 PATH_FORBIDDEN = re.compile(r"[\x00-\x1f\x7f/\\%?#]")
 
 Check = Callable[[Any], bool]
+
+# An integer param takes a whole number in 64 bits (signed): no API takes more, and orjson has
+# already read anything longer as a float, its last digits lost. A number param takes a finite one.
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+INTEGER_RANGE = f"from {INT64_MIN} to {INT64_MAX}"
+
+
+def is_integer(value: Any) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return INT64_MIN <= value <= INT64_MAX
+    return isinstance(value, float) and value.is_integer() and INT64_MIN <= value <= INT64_MAX
+
+
+def is_number(value: Any) -> bool:
+    return not isinstance(value, bool) and (
+        isinstance(value, int) or (isinstance(value, float) and math.isfinite(value))
+    )
+
+
+# The formats a spec may declare, each enforced here: a declared format nobody checks would be a
+# promise the gateway does not keep.
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+$")
+_DATE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
+_DATE_TIME = re.compile(
+    r"^([0-9]{4}-[0-9]{2}-[0-9]{2})[Tt]([0-9]{2}:[0-9]{2}):([0-9]{2})(\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})?$"
+)
+
+
+def _date(value: str) -> bool:
+    return parse_date(value) is not None
+
+
+def parse_date(value: str) -> dt.date | None:
+    """A YYYY-MM-DD date, or None."""
+    try:
+        return dt.date.fromisoformat(value) if _DATE.fullmatch(value) else None
+    except ValueError:
+        return None
+
+
+def parse_date_time(value: str, *, offset_required: bool = True) -> dt.datetime | None:
+    """An RFC 3339 date-time (a leap second's :60 read as :59), or None; without an offset it is UTC."""
+    match = _DATE_TIME.fullmatch(value)
+    if match is None:
+        return None
+    day, minutes, seconds, fraction, offset = match.groups()
+    if seconds > "60" or (offset is None and offset_required):
+        return None
+    offset = "+00:00" if offset in (None, "Z", "z") else offset
+    try:
+        return dt.datetime.fromisoformat(f"{day}T{minutes}:{min(seconds, '59')}{(fraction or '')[:7]}{offset}")
+    except ValueError:
+        return None
+
+
+FORMATS: dict[str, Callable[[str], bool]] = {
+    "email": lambda value: _EMAIL.fullmatch(value) is not None,
+    "date": _date,
+    "date-time": lambda value: parse_date_time(value) is not None,
+}
+FORMAT_CHECKER = FormatChecker(formats=())
+for _name, _test in FORMATS.items():
+    # A format applies to strings only: null or a number is the type check's business.
+    FORMAT_CHECKER.checks(_name)(lambda value, test=_test: not isinstance(value, str) or test(value))
+
+_Validator = validators.extend(
+    Draft202012Validator,
+    type_checker=Draft202012Validator.TYPE_CHECKER.redefine_many(
+        {"integer": lambda _, value: is_integer(value), "number": lambda _, value: is_number(value)}
+    ),
+)
+
+
+def validator_for(schema: dict[str, Any]) -> Validator:
+    """JSON Schema 2020-12 as params are checked: 64-bit integers, finite numbers, FORMATS enforced."""
+    return _Validator(schema, format_checker=FORMAT_CHECKER)
+
 
 # Exact types only: jsonschema's "integer" also takes 1.0 and bool is an int in Python,
 # so those cases go to jsonschema rather than being guessed here.
@@ -63,8 +145,15 @@ def _value_check(param: Param) -> Check:
     if param.maximum is not None:
         high = param.maximum
         tests.append(lambda v: type(v) not in (int, float) or v <= high)
+    if param.type == "integer":
+        tests.append(lambda v: INT64_MIN <= v <= INT64_MAX)
+    if param.type == "number":
+        tests.append(lambda v: type(v) is int or math.isfinite(v))
+    if param.format is not None:
+        conforms = FORMATS[param.format]
+        tests.append(lambda v: type(v) is not str or conforms(v))
     if param.items is not None or param.properties is not None:
-        nested = Draft202012Validator(param.json_schema())
+        nested = validator_for(param.json_schema())
         tests.append(nested.is_valid)
 
     def check(value: Any) -> bool:
@@ -120,7 +209,10 @@ def _schema_problems(endpoint: CompiledEndpoint, params: dict[str, Any]) -> list
                 problems.append({"field": extra, "message": "is not a param of this endpoint"})
         else:
             field = ".".join(str(p) for p in error.absolute_path) or "params"
-            problems.append({"field": field, "message": error.message})
+            message = error.message
+            if error.validator == "type" and error.validator_value == "integer" and is_number(error.instance):
+                message = f"must be a whole number {INTEGER_RANGE}"
+            problems.append({"field": field, "message": message})
     return problems
 
 

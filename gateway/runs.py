@@ -11,19 +11,24 @@ import dataclasses
 import datetime as dt
 import functools
 import json
+import re
 from typing import Any
 
 from sqlalchemy import and_, bindparam, delete, exists, func, or_, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import aliased
 
-from . import keys
+from . import jsoncodec, keys
 from .batch import Batcher
 from .crypto import Box
 from .errors import WorkerLost
 from .models import ApiKey, Run, from_row, is_active, new_id, utcnow
 
 TERMINAL = ("completed", "failed", "timeout", "cancelled")
+MAX_EXPIRES = 90 * 24 * 3600
+QUEUE_NAME = re.compile(r"^[A-Za-z0-9._:-]{1,200}$")
+# A caller's Idempotency-Key header: visible ASCII, as a header value can carry it unchanged.
+IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
 STATUSES = ("pending", "running", *TERMINAL)
 IDEMPOTENCY_TTL = dt.timedelta(hours=24)
 
@@ -222,11 +227,11 @@ def by_idempotency_key(engine: Engine, api_key_id: int, key: str) -> Run | None:
 
 
 def result_of(box: Box, run: Run) -> dict[str, Any] | None:
-    return json.loads(box.decrypt(run.result) or "null") if run.result else None
+    return jsoncodec.loads_stored(box.decrypt(run.result) or "null") if run.result else None
 
 
 def request_of(box: Box, run: Run) -> dict[str, Any]:
-    return json.loads(box.decrypt(run.request) or "{}") if run.request else {}
+    return jsoncodec.loads_stored(box.decrypt(run.request) or "{}") if run.request else {}
 
 
 def in_queue(engine: Engine, key: ApiKey, queue_name: str, up_to: str | None = None) -> int:

@@ -9,7 +9,7 @@ from starlette.routing import Route
 from . import callbacks, keys, runs
 from .errors import BadRequest, NotFound
 from .models import ApiKey, Run
-from .requests import api_key, query_time
+from .requests import api_key, query_limit, query_list, query_time
 from .services import Services
 from .worker import describe
 
@@ -33,16 +33,7 @@ async def list_runs(request: Request) -> Response:
     services = _services(request)
     key = api_key(services, request)
     q = request.query_params
-    statuses = [s for value in q.getlist("status") for s in value.split(",") if s]
-    bad = [s for s in statuses if s not in runs.STATUSES]
-    if bad:
-        raise BadRequest(f"Unknown status {bad[0]!r}; use one of {', '.join(runs.STATUSES)}.")
-    try:
-        limit = int(q.get("limit", "20"))
-    except ValueError:
-        raise BadRequest("'limit' must be a number.") from None
-    if not 1 <= limit <= MAX_LIMIT:
-        raise BadRequest(f"'limit' must be from 1 to {MAX_LIMIT}.")
+    limit = query_limit(request, 20, MAX_LIMIT)
     found = runs.search(
         services.engine,
         runs.RunFilter(
@@ -51,7 +42,7 @@ async def list_runs(request: Request) -> Response:
             integration=q.get("integration"),
             endpoint=q.get("endpoint"),
             queue=q.get("queue"),
-            statuses=statuses or None,
+            statuses=query_list(request, "status", runs.STATUSES),
             since=query_time(request, "from"),
             until=query_time(request, "to"),
             before_id=q.get("cursor"),
@@ -87,6 +78,8 @@ async def queue_size(request: Request) -> Response:
     services = _services(request)
     key = api_key(services, request)
     name = request.path_params["name"]
+    if not runs.QUEUE_NAME.fullmatch(name):
+        raise BadRequest("A queue name is 1-200 characters of letters, digits and . _ : -")
     return JSONResponse({"queue_name": name, "in_queue": runs.in_queue(services.engine, key, name)})
 
 

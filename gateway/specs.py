@@ -15,6 +15,7 @@ from typing import Any, Literal
 import yaml
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
+from jsonschema.protocols import Validator
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from . import params
@@ -24,7 +25,9 @@ from .settings import BUILTIN_INTEGRATIONS, Settings
 NAME = r"^[a-z][a-z0-9-]{0,62}$"  # no "_": GATEWAY_<NAME>_* maps "_" back to "-"
 ENDPOINT_NAME = r"^[a-z][a-z0-9_]{0,62}$"
 # Names the /v1 routes use for themselves; no integration may take them.
-RESERVED_NAMES = frozenset({"integrations", "runs", "queues", "waitpoints", "tools", "approvals", "connections"})
+RESERVED_NAMES = frozenset(
+    {"integrations", "runs", "queues", "waitpoints", "tools", "approvals", "connections", "callbacks"}
+)
 PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 # RFC 9110's token: what a header name may be made of.
 HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
@@ -143,7 +146,8 @@ class Param(Strict):
     max_length: int | None = Field(default=None, alias="maxLength")
     minimum: float | None = None
     maximum: float | None = None
-    format: str | None = None
+    # Only formats params.validate enforces (params.FORMATS).
+    format: Literal["date", "date-time", "email"] | None = None
     items: dict[str, Any] | None = None
     properties: dict[str, Any] | None = None
     # A path param spanning this many segments ('owner/name' is 2), each checked alone.
@@ -326,7 +330,7 @@ class CompiledEndpoint:
     name: str
     spec: Endpoint
     params_schema: dict[str, Any]
-    validator: Draft202012Validator
+    validator: Validator
     segment_patterns: Mapping[str, re.Pattern[str] | None]
     # params.compile_check: the fast yes for well-formed params.
     check: Callable[[Any], bool]
@@ -424,6 +428,12 @@ def compile_spec(spec: Spec, source: Path) -> Integration:
             Draft202012Validator.check_schema(schema)
         except SchemaError as exc:
             raise SpecError(f"{source}: endpoints.{name}.params: {exc.message}") from None
+        unchecked = sorted(set(_formats(schema)) - set(params.FORMATS))
+        if unchecked:
+            raise SpecError(
+                f"{source}: endpoints.{name}.params: format {unchecked[0]!r} is not one the gateway checks "
+                f"({', '.join(params.FORMATS)})"
+            )
         headers = {**spec.headers, **endpoint.headers}
         for header, value in headers.items():
             if params.CONTROL.search(header) or params.CONTROL.search(value):
@@ -438,7 +448,7 @@ def compile_spec(spec: Spec, source: Path) -> Integration:
             name=name,
             spec=endpoint,
             params_schema=schema,
-            validator=Draft202012Validator(schema),
+            validator=params.validator_for(schema),
             segment_patterns=segment_patterns,
             check=params.compile_check(endpoint),
             defaults={n: p.default for n, p in endpoint.params.items() if p.default is not None},
@@ -468,6 +478,19 @@ def _check_verify(integration: Integration, verify: VerifyCall, source: Path) ->
     except BadRequest as exc:
         problems = "; ".join(f"{p['field']}: {p['message']}" for p in exc.details or [])
         raise SpecError(f"{where}.params: {problems or exc.message}") from None
+
+
+def _formats(schema: Any) -> Iterable[str]:
+    """Every `format` named anywhere in a schema (nested items and properties too)."""
+    if isinstance(schema, dict):
+        if isinstance(schema.get("format"), str):
+            yield schema["format"]
+        for key, value in schema.items():
+            if key not in ("enum", "default", "examples", "const"):
+                yield from _formats(value)
+    elif isinstance(schema, list):
+        for item in schema:
+            yield from _formats(item)
 
 
 def load_file(path: Path) -> Integration:

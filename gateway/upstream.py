@@ -11,6 +11,7 @@ import dataclasses
 import functools
 import json
 import re
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, quote, quote_plus, urlencode, urlsplit
 
@@ -96,8 +97,8 @@ def _segment(value: str) -> str:
 
 def render_path(endpoint: CompiledEndpoint, params: dict[str, Any]) -> str:
     def substitute(match: re.Match[str]) -> str:
-        name = match.group(1)
-        return "/".join(_segment(part) for part in str(params[name]).split("/"))
+        value = params[match.group(1)]
+        return "/".join(_segment(part) for part in (value if isinstance(value, str) else _scalar(value)).split("/"))
 
     return PLACEHOLDER.sub(substitute, endpoint.spec.path)
 
@@ -205,9 +206,21 @@ def build_request(
 
 
 def _scalar(value: Any) -> str:
+    """A value as a path segment, query value, header or form field takes it."""
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, float):
+        return plain_number(value)
     return str(value)
+
+
+def plain_number(value: float) -> str:
+    """Digits, never an exponent ('1e+300' is no number to an API reading a query or a path);
+    a whole number without '.0', so 5.0 for an integer param is sent as 5."""
+    if value == 0:
+        return "0"
+    number = Decimal(repr(value))
+    return format(number.to_integral_value() if value.is_integer() else number, "f")
 
 
 def _query_values(name: str, value: Any, explode: bool) -> list[tuple[str, str]]:

@@ -25,7 +25,16 @@ from .models import ApiKey, Waitpoint, new_id, utcnow
 
 logger = logging.getLogger("gateway.waitpoints")
 
-DURATION = re.compile(r"^(\d{1,7})(s|m|h|d|w)$")
+# A whole number of one unit, from 1s to 30d (MAX_TIMEOUT), spelled out per unit so that the
+# OpenAPI document can state the same rule: 1-2592000s, 1-43200m, 1-720h, 1-30d or 1-4w.
+DURATION_PATTERN = (
+    r"^(?:(?:[1-9][0-9]{0,5}|1[0-9]{6}|2[0-4][0-9]{5}|25[0-8][0-9]{4}|259[01][0-9]{3}|2592000)s"
+    r"|(?:[1-9][0-9]{0,3}|[1-3][0-9]{4}|4[0-2][0-9]{3}|43[01][0-9]{2}|43200)m"
+    r"|(?:[1-9][0-9]?|[1-6][0-9]{2}|7[01][0-9]|720)h"
+    r"|(?:[1-9]|[12][0-9]|30)d"
+    r"|[1-4]w)$"
+)
+DURATION = re.compile(DURATION_PATTERN)
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 MAX_TIMEOUT = dt.timedelta(days=30)
 CONNECTION_TIMEOUT = dt.timedelta(hours=1)
@@ -36,13 +45,9 @@ CANCELLABLE = ("manual", "connection")
 
 
 def parse_duration(value: Any, field: str) -> dt.timedelta:
-    match = DURATION.match(value) if isinstance(value, str) else None
-    if match is None:
-        raise BadRequest(f'\'{field}\' must be a duration such as "30s", "10m", "2h" or "1d".')
-    duration = dt.timedelta(seconds=int(match.group(1)) * UNITS[match.group(2)])
-    if not dt.timedelta(seconds=1) <= duration <= MAX_TIMEOUT:
-        raise BadRequest(f"'{field}' must be from 1s to 30d.")
-    return duration
+    if not isinstance(value, str) or DURATION.fullmatch(value) is None:
+        raise BadRequest(f'\'{field}\' must be a duration from 1s to 30d, such as "30s", "10m", "2h" or "1d".')
+    return dt.timedelta(seconds=int(value[:-1]) * UNITS[value[-1]])
 
 
 def _row(engine: Engine, **where: Any) -> Waitpoint | None:

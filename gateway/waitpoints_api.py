@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
+import re
 from typing import Any
 
 from starlette.requests import Request
@@ -13,12 +13,15 @@ from starlette.routing import Route
 from . import keys, waitpoints
 from .errors import BadRequest, NotFound, Unauthorized
 from .models import ApiKey, Waitpoint, utcnow
-from .requests import MAX_BODY_BYTES, api_key, bearer, json_object, query_time
+from .params import CONTROL
+from .requests import api_key, bearer, json_object, json_or_empty, query_limit, query_list, query_time
 from .services import Services
 
 CREATE_FIELDS = {"timeout", "idempotencyKey", "idempotencyKeyTTL", "tags"}
 MAX_WAIT = 120.0
 DEFAULT_WAIT = 30.0
+WAIT_TIMEOUT_PATTERN = r"^([0-9]{1,5}(?:\.[0-9]{1,6})?)([smh])?$"
+WAIT_TIMEOUT = re.compile(WAIT_TIMEOUT_PATTERN)
 PERIODS = {
     "1h": dt.timedelta(hours=1),
     "1d": dt.timedelta(days=1),
@@ -95,9 +98,9 @@ def _tags(value: Any) -> list[str] | None:
     if (
         not isinstance(value, list)
         or len(value) > 20
-        or not all(isinstance(t, str) and 1 <= len(t) <= 128 for t in value)
+        or not all(isinstance(t, str) and 1 <= len(t) <= 128 and not CONTROL.search(t) for t in value)
     ):
-        raise BadRequest("'tags' must be a list of up to 20 strings of 1-128 characters.")
+        raise BadRequest("'tags' must be a list of up to 20 strings of 1-128 characters, without control characters.")
     return sorted(set(value))
 
 
@@ -114,8 +117,10 @@ async def create(request: Request) -> Response:
     timeout = waitpoints.parse_duration(body.get("timeout", "10m"), "timeout")
     ttl = waitpoints.parse_duration(body.get("idempotencyKeyTTL", "1h"), "idempotencyKeyTTL")
     idempotency_key = body.get("idempotencyKey")
-    if idempotency_key is not None and (not isinstance(idempotency_key, str) or not 1 <= len(idempotency_key) <= 255):
-        raise BadRequest("'idempotencyKey' must be a string of 1-255 characters.")
+    if idempotency_key is not None and (
+        not isinstance(idempotency_key, str) or not 1 <= len(idempotency_key) <= 255 or CONTROL.search(idempotency_key)
+    ):
+        raise BadRequest("'idempotencyKey' must be a string of 1-255 characters, without control characters.")
     waitpoint, cached = waitpoints.create(
         services.engine,
         user_id=key.user_id,
@@ -150,20 +155,6 @@ def _completion(services: Services, waitpoint_id: str, output: Any) -> JSONRespo
     return JSONResponse({"id": waitpoint_id, "completed": won, "status": status, "message": message}, headers=CORS)
 
 
-async def _json_or_empty(request: Request) -> Any:
-    raw = bytearray()
-    async for chunk in request.stream():
-        raw.extend(chunk)
-        if len(raw) > MAX_BODY_BYTES:
-            raise BadRequest(f"The body is larger than {MAX_BODY_BYTES} bytes.")
-    if not raw.strip():
-        return {}
-    try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise BadRequest("The body must be JSON (or empty).") from None
-
-
 async def callback(request: Request) -> Response:
     services = _services(request)
     waitpoint_id = request.path_params["waitpoint_id"]
@@ -171,7 +162,7 @@ async def callback(request: Request) -> Response:
         raise NotFound("There is no such waitpoint.", headers=CORS)
     if waitpoints.get(services.engine, waitpoint_id) is None:
         raise NotFound("There is no such waitpoint.", headers=CORS)
-    return _completion(services, waitpoint_id, await _json_or_empty(request))
+    return _completion(services, waitpoint_id, await json_or_empty(request, CORS))
 
 
 async def complete(request: Request) -> Response:
@@ -185,7 +176,7 @@ async def complete(request: Request) -> Response:
             raise NotFound("There is no such waitpoint.", headers=CORS)
     else:
         _for_key(services, api_key(services, request), waitpoint_id, CORS)
-    body = await _json_or_empty(request)
+    body = await json_or_empty(request, CORS)
     if not isinstance(body, dict) or set(body) - {"data"}:
         raise BadRequest('Send {"data": <any JSON>} to complete a waitpoint.', headers=CORS)
     return _completion(services, waitpoint_id, body.get("data", {}))
@@ -208,15 +199,14 @@ async def preflight(request: Request) -> Response:
 
 
 def _seconds(value: str | None) -> float:
-    if value is None:
-        return DEFAULT_WAIT
-    try:
-        seconds = float(value)
-    except ValueError:
-        seconds = waitpoints.parse_duration(value, "timeout").total_seconds()
-    if not 0 <= seconds <= 24 * 3600:
+    """A wait bound in seconds, or as a duration ("30s", "2m", "1h"); more than MAX_WAIT waits MAX_WAIT."""
+    match = WAIT_TIMEOUT.fullmatch(value) if value is not None else None
+    if value is not None and match is None:
         raise BadRequest("'timeout' must be a number of seconds or a duration such as \"30s\".")
-    return min(seconds, MAX_WAIT)
+    if match is None:
+        return DEFAULT_WAIT
+    number, unit = match.groups()
+    return min(float(number) * waitpoints.UNITS[unit or "s"], MAX_WAIT)
 
 
 async def wait(request: Request) -> Response:
@@ -248,28 +238,19 @@ async def list_waitpoints(request: Request) -> Response:
     services = _services(request)
     key = api_key(services, request)
     q = request.query_params
-    statuses = [s for value in q.getlist("status") for s in value.split(",") if s]
-    if any(s not in waitpoints.STATUSES for s in statuses):
-        raise BadRequest(f"'status' must be among {', '.join(waitpoints.STATUSES)}.")
     period = q.get("period")
     if period is not None and period not in PERIODS:
         raise BadRequest(f"'period' must be one of {', '.join(PERIODS)}.")
     since = utcnow() - PERIODS[period] if period else query_time(request, "from")
-    try:
-        limit = int(q.get("limit", "20"))
-    except ValueError:
-        raise BadRequest("'limit' must be a number.") from None
-    if not 1 <= limit <= 100:
-        raise BadRequest("'limit' must be from 1 to 100.")
-    tags = [t for value in q.getlist("tags") for t in value.split(",") if t] or None
+    limit = query_limit(request, 20, 100)
     found = waitpoints.search(
         services.engine,
         waitpoints.WaitFilter(
             user_id=key.user_id,
             key=key,
-            statuses=statuses or None,
+            statuses=query_list(request, "status", waitpoints.STATUSES),
             idempotency_key=q.get("idempotencyKey"),
-            tags=tags,
+            tags=query_list(request, "tags"),
             since=since,
             until=query_time(request, "to"),
             before_id=q.get("cursor"),

@@ -27,6 +27,7 @@ from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import sessions, users
+from .jsoncodec import has_lone_surrogate
 from .models import User, utcnow
 from .services import Services
 from .settings import PACKAGE_ROOT, Settings
@@ -156,10 +157,16 @@ def csrf_token(request: Request) -> str:
     return signer.dumps(_csrf_binding(found))
 
 
-def origin_of(url: str) -> str:
-    parts = urlsplit(url)
-    scheme, host = parts.scheme.lower(), (parts.hostname or "").lower()
-    port = parts.port
+def origin_of(url: str) -> str | None:
+    """scheme://host[:port] of a URL, or None when it cannot be read (a bad port, an unclosed '[')."""
+    try:
+        parts = urlsplit(url)
+        scheme, host = parts.scheme.lower(), (parts.hostname or "").lower()
+        port = parts.port
+    except ValueError:
+        return None
+    if not scheme or not host:
+        return None
     if port is None or (scheme, port) in (("https", 443), ("http", 80)):
         return f"{scheme}://{host}"
     return f"{scheme}://{host}:{port}"
@@ -167,11 +174,10 @@ def origin_of(url: str) -> str:
 
 def same_origin(request: Request) -> bool:
     expected = origin_of(services_of(request).settings.public_url)
+    # Origin when the browser sent one ("null" included), else the Referer.
     origin = request.headers.get("origin")
-    if origin is not None:
-        return origin != "null" and origin_of(origin) == expected
-    referer = request.headers.get("referer")
-    return bool(referer) and origin_of(referer) == expected
+    sent = origin if origin is not None else request.headers.get("referer", "")
+    return expected is not None and origin_of(sent) == expected
 
 
 async def checked_form(request: Request) -> FormData:
@@ -179,6 +185,11 @@ async def checked_form(request: Request) -> FormData:
     if not same_origin(request):
         raise HTTPException(403, "This form was sent from another site, so it was ignored.")
     form = await request.form(max_files=0, max_fields=200)
+    # A multipart form may name any charset; one that yields NUL or a lone surrogate could be stored by no database.
+    if any(_unstorable(name) or _unstorable(value) for name, value in form.multi_items() if isinstance(value, str)):
+        raise HTTPException(
+            400, "This form holds characters the gateway does not take (NUL, or text that is not UTF-8)."
+        )
     sent = form.get("csrf_token")
     binding = _csrf_binding(visitor(request))
     signer = services_of(request).signer("csrf", int(sessions.LIFETIME.total_seconds()))
@@ -186,6 +197,10 @@ async def checked_form(request: Request) -> FormData:
     if binding is None or not isinstance(signed, str) or not hmac.compare_digest(signed, binding):
         raise HTTPException(403, "This form has expired. Go back, reload the page and try again.")
     return form
+
+
+def _unstorable(text: str) -> bool:
+    return "\x00" in text or has_lone_surrogate(text)
 
 
 def field(form: FormData, name: str, limit: int = 1000) -> str:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway.params import validator_for
 from gateway.specs import load_registry
 from tests.conftest import Gateway
 
@@ -138,6 +139,9 @@ def test_multi_segment_file_paths(gateway: Gateway, account, provider) -> None:
 
 ODD_VALUES = [None, True, False, 0, 1, -1, 7, 1.0, 1.5, -2.5, "", "x", "acme/webapp", "x" * 300, [], [1], ["a"], {}]
 ODD_VALUES += [{"a": 1}, {"type": "doc"}, [{"a": "b"}], 10**12, "2025-01-06", "ok"]
+# Integers at and past 64 bits, numbers JSON cannot hold, and declared formats, right and wrong.
+ODD_VALUES += [2**63 - 1, 2**63, -(2**63), -(2**63) - 1, 2**64, 1e300, 9.0, float("inf"), float("nan")]
+ODD_VALUES += ["a@b.example", "not an email", "a@b\n", "2025-13-45", "2025-01-06T08:00:00Z", "2025-01-06\n"]
 
 
 def _variants(endpoint):  # type: ignore[no-untyped-def]
@@ -171,3 +175,27 @@ def test_the_fast_check_never_accepts_what_jsonschema_refuses(endpoint) -> None:
     # And it does the work: the documented example takes the fast path.
     assert endpoint.check(endpoint.example_params())
     assert accepted >= 1
+
+
+@pytest.mark.parametrize(
+    ("schema", "good", "bad"),
+    [
+        ({"type": "integer"}, [0, -(2**63), 2**63 - 1, 5.0], [2**63, -(2**63) - 1, 1e300, 1.5, True]),
+        ({"type": "number"}, [0, 1.5, 1e300, 2**70], [float("inf"), float("nan"), True]),
+        ({"type": "array", "items": {"type": "integer"}}, [[1, 2]], [[1, 2**64]]),
+        ({"type": "string", "format": "email"}, ["ada@example.com", "a@b"], ["ada", "a@b\n", "a b@c", "@b", "a@"]),
+        ({"type": "string", "format": "date"}, ["2025-01-06"], ["2025-13-01", "2025-1-6", "2025-01-06\n", "20250106"]),
+        (
+            {"type": "string", "format": "date-time"},
+            ["2025-01-06T08:00:00Z", "2025-01-06t08:00:00.123456789+05:30", "2016-12-31T23:59:60Z"],
+            ["2025-01-06T08:00:00", "2024-01-01T12:99:00Z", "2025-01-06", "2025-01-06T08:00:00Z\n"],
+        ),
+        ({"type": ["string", "null"], "format": "date-time"}, [None], []),
+    ],
+)
+def test_params_take_64_bit_integers_finite_numbers_and_the_formats_they_declare(schema, good, bad) -> None:  # type: ignore[no-untyped-def]
+    validator = validator_for(schema)
+    for value in good:
+        assert validator.is_valid(value), value
+    for value in bad:
+        assert not validator.is_valid(value), value

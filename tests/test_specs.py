@@ -65,6 +65,8 @@ def test_a_valid_spec_loads(tmp_path: Path) -> None:
         (["auth", "token_auth_method"], "private_key_jwt", "auth.oauth2.token_auth_method"),
         (["base_url"], "ftp://x", "base_url"),
         (["name"], "runs", "name"),
+        (["name"], "callbacks", "name"),
+        (["endpoints", "get_thing", "params", "id", "format"], "uuid", "endpoints.get_thing.params.id.format"),
         (["endpoints"], {}, "endpoints"),
     ],
 )
@@ -155,3 +157,12 @@ def test_framing_headers_can_never_come_from_a_spec(tmp_path: Path, path: list[s
     with pytest.raises(SpecError, match="set by the HTTP client|not a valid header name") as error:
         load_file(write(tmp_path, with_change(path, value)))
     assert str(tmp_path) in str(error.value) and field in str(error.value)
+
+
+def test_a_nested_format_the_gateway_does_not_check_is_refused(tmp_path: Path) -> None:
+    data = with_change(
+        ["endpoints", "get_thing", "params", "ids"],
+        {"type": "array", "in": "query", "description": "Ids.", "items": {"type": "string", "format": "uuid"}},
+    )
+    with pytest.raises(SpecError, match="format 'uuid' is not one the gateway checks"):
+        load_file(write(tmp_path, data))

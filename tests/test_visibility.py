@@ -218,7 +218,7 @@ READERS: list[Reader] = [
     ),
     Reader(
         "repeat a call with its Idempotency-Key",
-        ("POST /v1/{integration}/{endpoint}",),
+        ("POST /v1/{integration:integration}/{endpoint}",),
         replay,
         "run",
         applies=lambda v, r: r.id in v.made and r.replay is not None,
@@ -290,14 +290,14 @@ READERS: list[Reader] = [
     Reader("the catalogue", ("GET /v1/integrations",), lambda w, v, _: w.get(v, "/v1/integrations"), public=True),
     Reader(
         "one integration",
-        ("GET /v1/{integration}",),
+        ("GET /v1/{integration:integration}",),
         lambda w, v, r: w.get(v, f"/v1/{r.id}"),
         "integration",
         public=True,
     ),
     Reader(
         "one endpoint",
-        ("GET /v1/{integration}/{endpoint}",),
+        ("GET /v1/{integration:integration}/{endpoint}",),
         lambda w, v, r: w.get(v, "/v1/" + TOOL[r.id].replace("_", "/", 1)),
         "integration",
         public=True,

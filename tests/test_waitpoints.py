@@ -280,3 +280,19 @@ def test_cancel_refuses_what_the_key_cannot_see(caller) -> None:
     refused = gw.http.post(f"/v1/waitpoints/{created['id']}/cancel", headers=other)
     assert refused.status_code == 404 and refused.json()["error"] == "not_found"
     assert gw.http.get(f"/v1/waitpoints/{created['id']}", headers=auth).json()["status"] == "WAITING"
+
+
+def test_the_duration_pattern_is_exactly_1s_to_30d() -> None:
+    """The OpenAPI document states durations as this one pattern, so it must be the whole rule."""
+    most = int(waitpoints.MAX_TIMEOUT.total_seconds())
+    # Every number of minutes, hours, days and weeks around the limit; seconds up to 100,000 and at
+    # each place where the pattern's alternatives meet.
+    edges = [n + d for n in (10**6, 2 * 10**6, 2_500_000, 2_590_000, most, 10**7) for d in (-1, 0, 1)]
+    for unit, size in waitpoints.UNITS.items():
+        numbers = [*range(0, 100_001), *edges] if unit == "s" else range(0, most // size + 10)
+        for number in numbers:
+            text = f"{number}{unit}"
+            assert (waitpoints.DURATION.fullmatch(text) is not None) == (1 <= number * size <= most), text
+        assert waitpoints.parse_duration(f"{most // size}{unit}", "timeout").total_seconds() == most // size * size
+    for text in ("010m", "1m\n", " 1m", "1M", "1.5h", "+1h"):
+        assert waitpoints.DURATION.fullmatch(text) is None, text
