@@ -45,8 +45,13 @@ def account(engine, provider, integration: str = "github", **key_options):  # ty
     user = users.create(engine, f"{integration}-{time.monotonic_ns()}@example.com", "correct horse battery")
     token = provider.mint()
     connections.save(
-        engine, Box((SECRET,)), user_id=user.id, integration=integration, access_token=token["access_token"],
-        refresh_token=token["refresh_token"], expires_at=connections.expires_at_from(token),
+        engine,
+        Box((SECRET,)),
+        user_id=user.id,
+        integration=integration,
+        access_token=token["access_token"],
+        refresh_token=token["refresh_token"],
+        expires_at=connections.expires_at_from(token),
     )
     return user.id, keys.create(engine, user.id, **key_options)[1]
 

@@ -28,7 +28,9 @@ def burst(gw: Gateway, secret: str, n: int, endpoint: str = "get_authenticated_u
         async with httpx.AsyncClient(base_url=gw.url, timeout=30) as client:
             return await asyncio.gather(
                 *[
-                    client.post(f"/v1/github/{endpoint}", json={"params": {}}, headers={"Authorization": f"Bearer {secret}"})
+                    client.post(
+                        f"/v1/github/{endpoint}", json={"params": {}}, headers={"Authorization": f"Bearer {secret}"}
+                    )
                     for _ in range(n)
                 ]
             )
@@ -83,9 +85,7 @@ def test_headers_on_every_v1_answer_and_what_counts(gateway: Gateway, provider) 
     provider.always_401 = False
     assert gateway.http.get("/v1/runs", headers=auth).headers["x-ratelimit-remaining"] == "8"
     # Queued calls count when accepted, not again when they run.
-    queued = gateway.http.post(
-        "/v1/github/get_authenticated_user", json={"params": {}, "async": True}, headers=auth
-    )
+    queued = gateway.http.post("/v1/github/get_authenticated_user", json={"params": {}, "async": True}, headers=auth)
     assert queued.headers["x-ratelimit-remaining"] == "7"
     for _ in range(100):
         if gateway.http.get(f"/v1/runs/{queued.json()['id']}", headers=auth).json()["status"] == "completed":

@@ -91,7 +91,9 @@ def test_database_outage_answers_503_and_loses_no_accepted_queued_call(settings,
             auth = {"Authorization": f"Bearer {secret}"}
             accepted = [
                 gw.http.post(
-                    "/v1/fakeapi/record", json={"params": {"queue": "o", "seq": i, "sleep": 0.3}, "queue": "o"}, headers=auth
+                    "/v1/fakeapi/record",
+                    json={"params": {"queue": "o", "seq": i, "sleep": 0.3}, "queue": "o"},
+                    headers=auth,
                 )
                 for i in range(3)
             ]
@@ -113,7 +115,8 @@ def test_database_outage_answers_503_and_loses_no_accepted_queued_call(settings,
             while time.monotonic() < deadline:
                 try:
                     statuses = [
-                        gw.http.get(f"/v1/runs/{a.json()['id']}", headers=auth).json().get("status", "?") for a in accepted
+                        gw.http.get(f"/v1/runs/{a.json()['id']}", headers=auth).json().get("status", "?")
+                        for a in accepted
                     ]
                 except Exception:
                     statuses = []

@@ -38,8 +38,13 @@ def test_two_processes_refresh_a_token_once(pg, provider) -> None:
     user = users.create(engine, "multi@example.com", "correct horse battery")
     token = provider.mint()
     connections.save(
-        engine, Box((SECRET,)), user_id=user.id, integration="github", access_token=token["access_token"],
-        refresh_token=token["refresh_token"], expires_at=connections.expires_at_from(token),
+        engine,
+        Box((SECRET,)),
+        user_id=user.id,
+        integration="github",
+        access_token=token["access_token"],
+        refresh_token=token["refresh_token"],
+        expires_at=connections.expires_at_from(token),
     )
     _, secret = keys.create(engine, user.id)
     with engine.begin() as c:
@@ -50,6 +55,7 @@ def test_two_processes_refresh_a_token_once(pg, provider) -> None:
     env = gateway_env(url, provider.url, SECRET)
     servers = [GatewayProcess.serve(env), GatewayProcess.serve(env)]
     try:
+
         async def burst() -> list[int]:
             async with httpx.AsyncClient(timeout=30) as client:
                 responses = await asyncio.gather(
