@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: installs what the tests need (the test extras,
 # Debian's Chromium for the browser tests), makes sure the local PostgreSQL is
-# up, then runs pytest. Extra arguments go to pytest.
+# up, then runs pytest (two workers, then the browser tests). Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,4 +28,12 @@ if ! pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; then
 fi
 
 "$PY" -m pip install -q -e '.[test]'
-exec "$PY" -m pytest "$@"
+if [ "$#" -gt 0 ] && [[ "$1" != -* ]]; then
+  # Named tests: one plain run.
+  exec "$PY" -m pytest "$@"
+fi
+# The suite in two processes, a file to each at a time (the tests wait on events, never on the
+# machine's speed), then the browser tests on their own: Playwright's sync fixtures would break
+# async tests run after them in the same process (pytest-playwright #167).
+"$PY" -m pytest -n "${GATEWAY_TEST_WORKERS:-2}" --dist loadfile -m "not browser" "$@"
+"$PY" -m pytest -m browser "$@"
