@@ -1,9 +1,9 @@
 """The benchmark's database: one account ready to call, and optionally a lived-in database around it.
 
 `prepare` makes what any call needs, the way the product makes it: a user, a
-connected account whose token never expires (gateway.connections.save), and an
-API key (gateway.keys.create). `fill` adds the data-scale mode's rows with bulk
-inserts straight into the tables of gateway/models.py: 10,000 API keys, 100,000
+connected account whose token never expires (gateway.storage.connections.save), and an
+API key (gateway.storage.keys.create). `fill` adds the data-scale mode's rows with bulk
+inserts straight into the tables of gateway/storage/models.py: 10,000 API keys, 100,000
 runs, and a connection to every catalogue integration for each of 1,000 users.
 """
 
@@ -19,10 +19,12 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
-from gateway import connections, db, keys, specs, users
 from gateway.crypto import Box
-from gateway.models import ApiKey, Connection, DailyUsage, Run, User
 from gateway.settings import BUILTIN_INTEGRATIONS
+from gateway.specs import spec as specs
+from gateway.storage import connections, keys, users
+from gateway.storage import database as db
+from gateway.storage.models import ApiKey, Connection, DailyUsage, Run, User
 
 from .processes import ROOT, base_env
 
@@ -97,7 +99,7 @@ def _insert(engine: Engine, table: Any, rows: Iterator[dict[str, Any]]) -> int:
 
 
 def _past_id(prefix: str, when: dt.datetime) -> str:
-    """gateway.models.new_id for a moment in the past, so old runs sort before new ones."""
+    """gateway.storage.models.new_id for a moment in the past, so old runs sort before new ones."""
     return f"{prefix}_{int(when.timestamp() * 1000):012x}{os.urandom(10).hex()}"
 
 

@@ -22,9 +22,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gateway import db, logs
+from gateway import logs
 from gateway.app import create_app
 from gateway.settings import from_env
+from gateway.storage import database as db
 
 from . import data
 from .processes import ROOT, Children

@@ -4,7 +4,7 @@ It reads the caller's body, GETs the upstream's /fast and answers its bytes: wha
 Python proxy in front of an API must do at least. Served by uvicorn with the gateway's
 own options (`python -m uvicorn bench.proxy:app`). BENCH_PROXY_CLIENT picks the client:
 `httpx` (an httpx.AsyncClient with HTTPX's default transport: the reference the targets
-are set against) or `gateway` (the gateway's outbound client, gateway/upstream_client.py
+are set against) or `gateway` (the gateway's outbound client, gateway/upstream/client.py
 on aiohttp, with its egress screen: what forwarding alone costs the gateway).
 """
 
@@ -20,9 +20,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway import upstream_client
 from gateway.settings import Settings
-from gateway.upstream import request_for_url
+from gateway.upstream import client as upstream_client
+from gateway.upstream.build import request_for_url
 
 UPSTREAM = os.environ.get("BENCH_UPSTREAM_URL", "http://127.0.0.1:8001").rstrip("/")
 CLIENT = os.environ.get("BENCH_PROXY_CLIENT", "httpx")

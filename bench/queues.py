@@ -1,6 +1,6 @@
 """Queue throughput: `gateway worker` processes drain queued calls from PostgreSQL.
 
-The calls are enqueued with gateway.runs.create_pending before the workers
+The calls are enqueued with gateway.storage.runs.create_pending before the workers
 start, spread round-robin over named queues, each carrying its place in its
 queue. The fast upstream notes (queue, seq) as calls arrive, so the order
 guarantee is checked where it matters: per queue, the upstream saw 0, 1, 2...
@@ -16,10 +16,11 @@ from typing import Any
 import httpx
 from sqlalchemy import create_engine, func, select, text
 
-from gateway import db, runs
 from gateway.crypto import Box
-from gateway.models import Run
-from gateway.runs import RunRecord
+from gateway.storage import database as db
+from gateway.storage import runs
+from gateway.storage.models import Run
+from gateway.storage.runs import RunRecord
 
 from . import data
 from .processes import GATEWAY, Children

@@ -18,7 +18,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from gateway import db
+from gateway.storage import database as db
 
 from . import data, load, memory, queues, report
 from .processes import (

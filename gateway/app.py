@@ -19,16 +19,26 @@ from starlette.routing import Match, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import api, dashboard, db, jsoncodec, mcp, ops, runs_api, specs, tools, waitpoints_api, web
-from .errors import BadRequest, GatewayError, InternalError, MethodNotAllowed, NotFound, ServiceUnavailable
-from .logs import request_id_var
-from .middleware import RateLimitHeadersMiddleware
-from .models import random_hex
-from .services import Services, clients
-from .settings import Settings
-from .worker import Worker, sweeper
+from gateway import jsoncodec
+from gateway.agents import mcp
+from gateway.api import calls as api
+from gateway.api import ops
+from gateway.api import runs as runs_api
+from gateway.api import tools as api_tools
+from gateway.api import waitpoints as waitpoints_api
+from gateway.api.middleware import RateLimitHeadersMiddleware
+from gateway.core.runtime import Services, clients
+from gateway.dashboard import integrations as dashboard
+from gateway.dashboard import web
+from gateway.errors import BadRequest, GatewayError, InternalError, MethodNotAllowed, NotFound, ServiceUnavailable
+from gateway.logs import request_id_var
+from gateway.settings import Settings
+from gateway.specs import spec as specs
+from gateway.storage import database as db
+from gateway.storage.models import random_hex
+from gateway.workers.queue import Worker, sweeper
 
-logger = logging.getLogger("gateway.app")
+logger = logging.getLogger(__name__)
 
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
@@ -196,7 +206,7 @@ def create_app(settings: Settings, registry: specs.Registry | None = None) -> St
         # /v1/tools before api.routes, whose /v1/{integration} would take it.
         routes=[
             api.call_route,
-            *tools.routes,
+            *api_tools.routes,
             *mcp_endpoint.routes,
             *ops.routes,
             *runs_api.routes,

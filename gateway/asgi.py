@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from . import logs
-from .app import create_app
-from .settings import from_env
+from gateway import logs
+from gateway.app import create_app
+from gateway.settings import from_env
 
 _settings = from_env()
 # Under `gateway serve --workers N` uvicorn has already applied our logging configuration (with --json).

@@ -22,11 +22,15 @@ from sqlalchemy import select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, NoSuchModuleError
 
-from . import db, keys, logs, plans, specs, users
-from . import settings as settings_module
-from .models import ApiKey, User
+from gateway import logs
+from gateway import settings as settings_module
+from gateway.core import plans
+from gateway.specs import spec as specs
+from gateway.storage import database as db
+from gateway.storage import keys, users
+from gateway.storage.models import ApiKey, User
 
-logger = logging.getLogger("gateway.cli")
+logger = logging.getLogger(__name__)
 
 # The `error` field of an error printed with --json, one per kind of problem.
 USAGE = "usage"  # the command line itself (exit status 2)
@@ -142,7 +146,7 @@ def cmd_serve(args: argparse.Namespace, settings: settings_module.Settings) -> i
     if args.workers > 1:
         uvicorn.run("gateway.asgi:app", workers=args.workers, **options)
     else:
-        from .app import create_app
+        from gateway.app import create_app
 
         uvicorn.run(create_app(settings, registry), **options)
     return 0
@@ -160,8 +164,8 @@ def cmd_worker(args: argparse.Namespace, settings: settings_module.Settings) -> 
     import asyncio
     import signal
 
-    from .services import Services, clients
-    from .worker import Worker
+    from gateway.core.runtime import Services, clients
+    from gateway.workers.queue import Worker
 
     registry = _start(settings)
     engine = _engine(settings)

@@ -23,7 +23,7 @@ import platformdirs
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
-logger = logging.getLogger("gateway.settings")
+logger = logging.getLogger(__name__)
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 BUILTIN_INTEGRATIONS = PACKAGE_ROOT / "integrations"

@@ -13,11 +13,12 @@ import httpx
 import pytest
 from sqlalchemy import create_engine, select, text
 
-from gateway import connections, keys, users
 from gateway.app import create_app
+from gateway.core import connect
 from gateway.crypto import Box
-from gateway.models import Run
 from gateway.settings import IntegrationOverrides, Settings
+from gateway.storage import connections, keys, users
+from gateway.storage.models import Run
 from tests.fakes.provider import CLIENT_ID, CLIENT_SECRET, ProviderState, create_provider
 from tests.servers import ServerThread, free_port
 
@@ -181,7 +182,7 @@ class Gateway:
         **token_changes: object,
     ) -> None:
         token = {**provider.mint(), **token_changes}
-        connections.save(
+        connect.store(
             self.engine,
             self.box,
             user_id=user_id,

@@ -7,8 +7,9 @@ import time
 
 import pytest
 
-from gateway import approvals, keys
 from gateway.app import create_app
+from gateway.core import approvals
+from gateway.storage import keys
 from tests.conftest import Gateway
 from tests.servers import ServerThread
 

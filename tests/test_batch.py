@@ -1,4 +1,4 @@
-"""The hot path's group commit (gateway/batch.py) on SQLite and PostgreSQL."""
+"""The hot path's group commit (gateway/storage/batch.py) on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -13,12 +13,14 @@ from sqlalchemy import select, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 
-from gateway import db, history, keys, limits, runs, users
-from gateway.batch import Batcher
+from gateway.core import limits
+from gateway.core.runtime import Services
 from gateway.crypto import Box
-from gateway.models import DailyUsage, Run
-from gateway.runs import RunRecord
-from gateway.services import Services
+from gateway.storage import database as db
+from gateway.storage import history, keys, runs, users
+from gateway.storage.batch import Batcher
+from gateway.storage.models import DailyUsage, Run
+from gateway.storage.runs import RunRecord
 
 BOX = Box(("batch-test-secret-" + "b" * 32,))
 
@@ -148,9 +150,9 @@ def test_a_failed_commit_fails_its_counts_and_counts_its_lost_rows(tmp_path) -> 
 
 
 def test_limits_reserve_refund_through_the_batch(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from gateway.models import ApiKey
-    from gateway.plans import Plan
+    from gateway.core.plans import Plan
     from gateway.settings import Settings
+    from gateway.storage.models import ApiKey
 
     engine = db.make_engine(f"sqlite:///{tmp_path / 'g.db'}")
     db.upgrade(engine)
@@ -208,9 +210,9 @@ def test_the_history_pages_show_a_call_whose_row_still_waits_for_its_commit(engi
         )
         runs.save_direct(batcher, BOX, record, None)
         assert _count_runs(engine) == 0  # held for the next commit: what the pages must not miss
-        seen["today"] = history.calls_today(services, user_id)  # type: ignore[arg-type]
-        seen["by_key"] = history.calls_today_by_key(services, user_id)  # type: ignore[arg-type]
-        seen["run"] = history.get(services, user_id, record.id)  # type: ignore[arg-type]
+        seen["today"] = history.calls_today(services.settled_engine(), user_id)  # type: ignore[arg-type]
+        seen["by_key"] = history.calls_today_by_key(services.settled_engine(), user_id)  # type: ignore[arg-type]
+        seen["run"] = history.get(services.settled_engine(), user_id, record.id)  # type: ignore[arg-type]
         batcher.close()
 
     run(read_while_pending())

@@ -12,10 +12,10 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from gateway import callbacks
+from gateway.core import callbacks
 from gateway.errors import BadRequest
 from gateway.settings import Settings
-from gateway.upstream_client import Client
+from gateway.upstream.client import Client
 from tests.conftest import Gateway, running_gateway
 from tests.test_queue import submit, wait_run
 
@@ -150,7 +150,7 @@ def test_a_queued_call_never_calls_back_a_name_for_a_private_address(
 ) -> None:  # type: ignore[no-untyped-def]
     # 0x7f000002 is a name to the URL parser, so the early check lets it through; it resolves to
     # 127.0.0.2, outside the allowed 127.0.0.1/32 (the fake provider), and the delivery refuses it.
-    caplog.set_level(logging.INFO, logger="gateway.callbacks")
+    caplog.set_level(logging.INFO, logger="gateway.core.callbacks")
 
     async def go() -> list[float]:
         receiver = Receiver([])

@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 import yaml
 
-from gateway import catalogue
-from gateway.params import validate as validate_params
-from gateway.specs import ApiKeyAuth, OAuth2Auth, load_registry
-from gateway.upstream import build_request
+from gateway.specs import catalogue
+from gateway.specs.params import validate as validate_params
+from gateway.specs.spec import ApiKeyAuth, OAuth2Auth, load_registry
+from gateway.upstream.build import build_request
 
 ROOT = Path(__file__).resolve().parents[1]
 FOLDER = ROOT / "integrations"

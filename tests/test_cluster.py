@@ -11,9 +11,10 @@ import httpx
 import pytest
 from sqlalchemy import update
 
-from gateway import connections, db, keys, runs, users
 from gateway.crypto import Box
-from gateway.models import Connection
+from gateway.storage import connections, keys, runs, users
+from gateway.storage import database as db
+from gateway.storage.models import Connection
 from tests.conftest import PostgresSchema, postgres_available
 from tests.processes import GatewayProcess, gateway_env
 

@@ -17,10 +17,11 @@ import httpx
 import pytest
 from sqlalchemy import select, update
 
-from gateway import connections, keys, runs, users, waitpoints
 from gateway.app import create_app
-from gateway.models import ApiKey, Connection, OAuthState, Run, WebSession, new_id, utcnow
-from gateway.runs import RunRecord
+from gateway.core import waitpoints
+from gateway.storage import connections, keys, runs, users
+from gateway.storage.models import ApiKey, Connection, OAuthState, Run, WebSession, new_id, utcnow
+from gateway.storage.runs import RunRecord
 from tests.conftest import TESTS, Gateway, PostgresSchema, make_settings, postgres_available, provider_overrides
 from tests.fakes.provider import ProviderState
 from tests.servers import ServerThread, free_port

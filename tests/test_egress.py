@@ -18,10 +18,12 @@ import httpx
 import pytest
 from aiohttp.abc import AbstractResolver, ResolveResult
 
-from gateway import callbacks, upstream, upstream_client
-from gateway.egress import EgressRefused, Policy, ScreeningResolver, is_public
+from gateway.core import callbacks
 from gateway.settings import Settings
-from gateway.upstream_client import Client
+from gateway.upstream import build as upstream
+from gateway.upstream import client as upstream_client
+from gateway.upstream.client import Client
+from gateway.upstream.egress import EgressRefused, Policy, ScreeningResolver, is_public
 from tests.conftest import Gateway, running_gateway
 
 # Every spelling of 127.0.0.1 the C library accepts, and names that resolve to it.

@@ -7,11 +7,11 @@ import dataclasses
 import pytest
 from sqlalchemy import update
 
-from gateway import keys
 from gateway.app import create_app
 from gateway.errors import all_error_classes
-from gateway.models import Connection
 from gateway.settings import IntegrationOverrides
+from gateway.storage import keys
+from gateway.storage.models import Connection
 from tests.conftest import Gateway
 from tests.servers import ServerThread, free_port
 

@@ -14,9 +14,9 @@ import httpx
 import pytest
 from sqlalchemy import update
 
-from gateway import waitpoints
 from gateway.app import create_app
-from gateway.models import Run, User
+from gateway.core import waitpoints
+from gateway.storage.models import Run, User
 from tests.conftest import Gateway, make_settings, provider_overrides
 from tests.fakes.provider import ProviderState
 from tests.servers import ServerThread, free_port

@@ -21,11 +21,12 @@ import pytest
 from sqlalchemy import update
 from sqlalchemy.engine import Engine
 
-from gateway import connections, db, runs, users
 from gateway.app import create_app
 from gateway.crypto import Box
-from gateway.models import Connection, Run, utcnow
-from gateway.runs import RunRecord
+from gateway.storage import connections, runs, users
+from gateway.storage import database as db
+from gateway.storage.models import Connection, Run, utcnow
+from gateway.storage.runs import RunRecord
 from tests.conftest import Gateway, PostgresSchema, make_settings, postgres_available
 from tests.fakes.provider import Gate, ProviderState
 from tests.processes import GatewayProcess, gateway_env
@@ -261,7 +262,7 @@ def test_an_idempotency_key_of_a_killed_process_is_recovered(provider) -> None:
             refresh_token=token["refresh_token"],
             expires_at=connections.expires_at_from(token),
         )
-        from gateway import keys
+        from gateway.storage import keys
 
         _, api_key = keys.create(engine, user.id)
         env = gateway_env(schema.url, provider.url, secret_key, GATEWAY_WORKER_LEASE_SECONDS="2")

@@ -15,9 +15,11 @@ import httpx
 import pytest
 from sqlalchemy import select, update
 
-from gateway import jsoncodec, runs, waitpoints
-from gateway.models import ApiKey, Run, Waitpoint
-from gateway.runs import RunRecord
+from gateway import jsoncodec
+from gateway.core import waitpoints
+from gateway.storage import runs
+from gateway.storage.models import ApiKey, Run, Waitpoint
+from gateway.storage.runs import RunRecord
 from tests.conftest import Gateway
 from tests.test_dashboard import Browser
 

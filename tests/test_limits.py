@@ -11,9 +11,10 @@ import httpx
 import pytest
 from sqlalchemy import update
 
-from gateway import cli, limits
-from gateway.models import User
-from gateway.plans import PlanBook, PlanError, load
+from gateway import cli
+from gateway.core import limits
+from gateway.core.plans import PlanBook, PlanError, load
+from gateway.storage.models import User
 from tests.conftest import Gateway
 
 

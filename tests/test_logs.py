@@ -13,7 +13,9 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
-from gateway import db, keys, logs, users
+from gateway import logs
+from gateway.storage import database as db
+from gateway.storage import keys, users
 from tests.fakes.provider import CLIENT_SECRET, ProviderState
 from tests.processes import GatewayProcess, gateway_env
 from tests.servers import free_port

@@ -18,10 +18,12 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 from sqlalchemy import update
 
-from gateway import connections, keys, mcp
+from gateway.agents import mcp
 from gateway.app import create_app
+from gateway.core import connect
 from gateway.errors import IntegrationNotConnected
-from gateway.models import Connection
+from gateway.storage import keys
+from gateway.storage.models import Connection
 from tests.conftest import Gateway, make_settings
 from tests.servers import ServerThread
 
@@ -290,7 +292,7 @@ async def test_connect_integration_respects_the_plan(gateway: Gateway, account) 
     with gateway.engine.begin() as c:
         from sqlalchemy import update
 
-        from gateway.models import User
+        from gateway.storage.models import User
 
         c.execute(update(User).where(User.id == user_id).values(plan="one"))
     services.plans.forget(user_id)
@@ -371,7 +373,7 @@ async def test_a_reconnection_while_waiting_ends_the_wait(gateway: Gateway, acco
 
     def reconnect_later() -> None:
         time.sleep(1)
-        connections.save(
+        connect.store(
             gateway.engine, box, user_id=user_id, integration="github", access_token="gho_new", account="hubot"
         )
 
@@ -408,7 +410,7 @@ def test_the_host_check_follows_the_public_url(database_url: str, provider) -> N
 def _keys(gateway: Gateway, user_id: int) -> list[int]:
     from sqlalchemy import select
 
-    from gateway.models import ApiKey
+    from gateway.storage.models import ApiKey
 
     with gateway.engine.connect() as c:
         return [row.id for row in c.execute(select(ApiKey.id).where(ApiKey.user_id == user_id))]

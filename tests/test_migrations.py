@@ -7,7 +7,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlmodel import SQLModel
 
-from gateway import db, models  # noqa: F401  (registers the tables)
+from gateway.storage import database as db
+from gateway.storage import models  # noqa: F401  (registers the tables)
 
 
 @pytest.mark.parametrize("database_url", ["sqlite", "postgres"], indirect=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import func, select
 
-from gateway.models import Waitpoint
+from gateway.storage.models import Waitpoint
 from tests.conftest import Gateway
 from tests.test_dashboard import Browser
 from tests.test_errors import assert_error

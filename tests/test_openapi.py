@@ -23,9 +23,9 @@ import pytest
 from jsonschema import Draft202012Validator
 from sqlalchemy import update
 
-from gateway import specs
 from gateway.app import create_app
-from gateway.models import User
+from gateway.specs import spec as specs
+from gateway.storage.models import User
 from tests.conftest import Gateway, make_settings, provider_overrides
 from tests.fakes.provider import ProviderState
 from tests.servers import ServerThread, free_port

@@ -9,8 +9,9 @@ import time
 
 import pytest
 
-from gateway import db, logs
+from gateway import logs
 from gateway.app import create_app
+from gateway.storage import database as db
 from tests.conftest import PG_URL, Gateway, PostgresSchema, postgres_available
 from tests.servers import ServerThread
 from tests.tcpproxy import TcpProxy

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.params import validator_for
-from gateway.specs import load_registry
+from gateway.specs.params import validator_for
+from gateway.specs.spec import load_registry
 from tests.conftest import Gateway
 
 ROOT = Path(__file__).resolve().parents[1]

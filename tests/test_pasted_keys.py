@@ -20,7 +20,7 @@ from starlette.routing import Route
 
 from gateway.app import create_app
 from gateway.settings import IntegrationOverrides
-from gateway.specs import ApiKeyAuth, SpecError, load_file, registry_for
+from gateway.specs.spec import ApiKeyAuth, SpecError, load_file, registry_for
 from tests.conftest import TESTS, Gateway, make_settings
 from tests.fakes.provider import ProviderState
 from tests.servers import ServerThread, free_port

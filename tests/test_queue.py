@@ -16,9 +16,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway import runs
 from gateway.app import create_app
-from gateway.runs import RunRecord
+from gateway.storage import runs
+from gateway.storage.runs import RunRecord
 from tests.conftest import Gateway
 from tests.servers import ServerThread
 
@@ -292,8 +292,9 @@ def test_pending_calls_survive_a_restart(settings, provider) -> None:
 @pytest.mark.parametrize("database_url", ["sqlite", "postgres"], indirect=True)
 def test_cancel_never_races_a_claim(settings) -> None:
     # No server here: its worker would claim these runs too.
-    from gateway import db, users
     from gateway.crypto import Box
+    from gateway.storage import database as db
+    from gateway.storage import users
 
     engine = db.make_engine(settings.database_url)
     db.upgrade(engine)
@@ -342,8 +343,9 @@ def test_cancel_never_races_a_claim(settings) -> None:
 @pytest.mark.parametrize("database_url", ["sqlite", "postgres"], indirect=True)
 def test_a_claim_takes_its_limit_one_head_per_queue_oldest_first(settings) -> None:
     # No server here: its worker would claim these runs too.
-    from gateway import db, users
     from gateway.crypto import Box
+    from gateway.storage import database as db
+    from gateway.storage import users
 
     engine = db.make_engine(settings.database_url)
     db.upgrade(engine)

@@ -8,8 +8,8 @@ import datetime as dt
 import httpx
 from sqlalchemy import update
 
-from gateway import connections
-from gateway.models import Connection, Run
+from gateway.storage import connections
+from gateway.storage.models import Connection, Run
 from tests.conftest import Gateway
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from gateway import keys
-from gateway.models import ApiKey, Connection
+from gateway.storage import keys
+from gateway.storage.models import ApiKey, Connection
 from tests.conftest import Gateway
 from tests.fakes.provider import CLIENT_SECRET
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway import db
 from gateway.settings import from_env
+from gateway.storage import database as db
 
 
 def test_per_integration_overrides_and_paths(tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gateway.specs import SpecError, load_file, load_registry
+from gateway.specs.spec import SpecError, load_file, load_registry
 
 BASE = {
     "name": "acme",

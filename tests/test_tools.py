@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 from jsonschema import Draft202012Validator
 
-from gateway import mcp, tools
+from gateway.agents import mcp
+from gateway.core import tools
 from gateway.settings import BUILTIN_INTEGRATIONS
-from gateway.specs import load_registry
+from gateway.specs.spec import load_registry
 from tests.conftest import Gateway
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "agents.md"

@@ -13,11 +13,11 @@ import pytest
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
-from gateway import upstream
+from gateway.core.runtime import clients
 from gateway.errors import BadRequest, UpstreamResponseTooLarge
-from gateway.services import clients
 from gateway.settings import Settings
-from gateway.specs import load_registry
+from gateway.specs.spec import load_registry
+from gateway.upstream import build as upstream
 from tests.conftest import Gateway
 from tests.servers import ServerThread
 
@@ -133,7 +133,7 @@ def test_only_rate_limit_and_link_headers_pass(fake) -> None:  # type: ignore[no
 
 
 def test_ids_are_strictly_increasing_within_a_process() -> None:
-    from gateway.models import new_id
+    from gateway.storage.models import new_id
 
     ids = [new_id("run") for _ in range(5000)]
     assert ids == sorted(ids) and len(set(ids)) == len(ids)

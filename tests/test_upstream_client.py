@@ -22,9 +22,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from gateway import upstream, upstream_client
 from gateway.settings import Settings
-from gateway.upstream_client import Client
+from gateway.upstream import build as upstream
+from gateway.upstream import client as upstream_client
+from gateway.upstream.client import Client
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, "Server"], Awaitable[None]]
 

@@ -30,10 +30,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway import approvals, keys
 from gateway.app import create_app
-from gateway.models import Run, Waitpoint
+from gateway.core import approvals
 from gateway.settings import Settings
+from gateway.storage import keys
+from gateway.storage.models import Run, Waitpoint
 from tests.conftest import Gateway
 from tests.servers import ServerThread
 from tests.test_mcp import mcp_client

@@ -9,7 +9,7 @@ import time
 import httpx
 import pytest
 
-from gateway import waitpoints
+from gateway.core import waitpoints
 from tests.conftest import Gateway
 
 
@@ -110,7 +110,7 @@ def test_times_out_on_time_without_a_poller(caller) -> None:
     time.sleep(2.5)  # nobody waits or reads; the sweeper must still act
     from sqlalchemy import select
 
-    from gateway.models import Waitpoint
+    from gateway.storage.models import Waitpoint
 
     with gw.engine.connect() as c:
         status = c.execute(select(Waitpoint.status).where(Waitpoint.id == created["id"])).scalar_one()

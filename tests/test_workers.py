@@ -7,9 +7,10 @@ import time
 
 import pytest
 
-from gateway import connections, db, keys, runs, users
 from gateway.crypto import Box
-from gateway.runs import RunRecord
+from gateway.storage import connections, keys, runs, users
+from gateway.storage import database as db
+from gateway.storage.runs import RunRecord
 from tests.conftest import PostgresSchema, postgres_available
 from tests.processes import GatewayProcess, gateway_env
 
@@ -102,7 +103,7 @@ def test_a_killed_worker_leaves_a_lease_that_is_recovered(pg, provider) -> None:
     with engine.begin() as c:
         from sqlalchemy import update
 
-        from gateway.models import Run
+        from gateway.storage.models import Run
 
         c.execute(
             update(Run)

@@ -8,7 +8,7 @@ import httpx
 import pytest
 from playwright.sync_api import Page, expect
 
-from gateway import connections, users
+from gateway.storage import connections, users
 from tests.conftest import Gateway
 from tests.fakes.provider import ProviderState
 

@@ -1,0 +1,411 @@
+"""The MCP server at /mcp: the key's endpoints as tools, and tools to find, connect and wait for integrations.
+
+Built on the SDK's low-level `Server` behind a stateless streamable-HTTP
+manager. Every HTTP request is authenticated on its own with its API key, so a
+key revoked mid-conversation stops working at its next request, the tool list
+is the key's own, and any gateway process can answer any request.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import re
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from importlib import metadata
+from typing import Any
+from urllib.parse import urlsplit
+
+import mcp_types as types
+from jsonschema import Draft202012Validator
+from mcp.server.context import ServerRequestContext
+from mcp.server.lowlevel.server import Server
+from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
+from mcp.server.transport_security import TransportSecuritySettings
+from starlette.requests import Request
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from gateway.core import limits, links, tools, waitpoints
+from gateway.core.callers import api_key
+from gateway.core.connect import not_set_up
+from gateway.core.execute import CallResult, execute
+from gateway.core.runtime import Services
+from gateway.errors import BadRequest, GatewayError, IntegrationNotSetUp, NotFound, ServiceUnavailable
+from gateway.settings import Settings
+from gateway.specs.spec import CompiledEndpoint, Integration, Registry
+from gateway.storage import connections, keys
+from gateway.storage.models import ApiKey, Connection, utcnow
+from gateway.storage.runs import RunRecord
+
+WAIT_DEFAULT = 60
+WAIT_MAX = 300
+# Progress notifications while waiting keep the stream busy and reset clients' request timeouts.
+PROGRESS_EVERY = 5.0
+LOOPBACK = ("127.0.0.1", "localhost", "[::1]")
+# The order of the lines of an error's text; other fields follow.
+ERROR_LINES = ("error", "message", "action_url", "waitpoint", "next_step", "details", "status", "data", "retry_after")
+
+INSTRUCTIONS = """\
+Tools named <integration>_<endpoint> call the APIs this person connected, through their API key.
+Call list_integrations to see what is connected, and search_tools to find a tool by words.
+A failed call returns isError with lines 'error:', 'message:' and often 'action_url:': show the
+person the action_url (to connect or reconnect an integration), call wait_for_connection, then retry."""
+
+INTEGRATION_ARG = {"type": "string", "minLength": 1, "description": "The integration's name, for example github."}
+
+
+def _meta_tool(name: str, title: str, description: str, properties: dict[str, Any], required: list[str]) -> types.Tool:
+    schema = {"type": "object", "properties": properties, "required": required, "additionalProperties": False}
+    hints = types.ToolAnnotations(title=title, read_only_hint=True, idempotent_hint=True, open_world_hint=False)
+    return types.Tool(name=name, description=description, input_schema=schema, annotations=hints)
+
+
+META_TOOLS = {
+    tool.name: tool
+    for tool in (
+        _meta_tool(
+            "list_integrations",
+            "List integrations",
+            "List the integrations this API key may use, with the person's connection status for each: "
+            "not_connected, connected (with the account and scopes) or needs_reconnect. Start here.",
+            {},
+            [],
+        ),
+        _meta_tool(
+            "connect_integration",
+            "Connect an integration",
+            "Get the link the person must open to connect (or reconnect) an integration. "
+            "Show it to them, then call wait_for_connection.",
+            {"integration": INTEGRATION_ARG},
+            ["integration"],
+        ),
+        _meta_tool(
+            "wait_for_connection",
+            "Wait for a connection",
+            f"Wait until the person connects an integration, up to timeout_seconds (default {WAIT_DEFAULT}, "
+            f"at most {WAIT_MAX}). Only a connection made after this call starts counts, so call it right "
+            "after showing the person the link; then retry the call that failed.",
+            {
+                "integration": INTEGRATION_ARG,
+                "timeout_seconds": {"type": "number", "minimum": 1, "maximum": WAIT_MAX, "default": WAIT_DEFAULT},
+            },
+            ["integration"],
+        ),
+        _meta_tool(
+            "search_tools",
+            "Search tools",
+            "Find tools by words over their names and descriptions, best match first (for example "
+            "'create issue'). Returns each tool's name, description and input schema; call it by that name.",
+            {
+                "query": {"type": "string", "minLength": 1, "description": "Words describing what you want to do."},
+                "integration": {**INTEGRATION_ARG, "description": "Only tools of this integration."},
+                "limit": {"type": "integer", "minimum": 1, "maximum": 50, "default": 10},
+            },
+            ["query"],
+        ),
+    )
+}
+META_VALIDATORS = {name: Draft202012Validator(tool.input_schema) for name, tool in META_TOOLS.items()}
+
+
+def transport_security(settings: Settings) -> TransportSecuritySettings:
+    """The SDK's DNS-rebinding check, allowing the public URL's host and loopback.
+
+    A rebinding attack always carries the attacker's host name, so loopback
+    names are safe to allow; they cover a proxy on the same machine that does
+    not pass the public Host header on.
+    """
+    url = urlsplit(settings.public_url)
+    host = url.hostname or "127.0.0.1"
+    host = f"[{host}]" if ":" in host else host
+    names = dict.fromkeys((host, *LOOPBACK))
+    hosts = [pattern for name in names for pattern in (name, f"{name}:*")]
+    origins = [f"{url.scheme}://{host}", f"{url.scheme}://{host}:*"]
+    origins += [f"{scheme}://{name}{port}" for name in LOOPBACK for scheme in ("http", "https") for port in ("", ":*")]
+    return TransportSecuritySettings(allowed_hosts=hosts, allowed_origins=list(dict.fromkeys(origins)))
+
+
+@dataclasses.dataclass(frozen=True)
+class Caller:
+    services: Services
+    key: ApiKey
+    request_id: str | None
+
+    @classmethod
+    def of(cls, ctx: ServerRequestContext[Any, Any]) -> Caller:
+        request = ctx.request
+        if not isinstance(request, Request):
+            raise RuntimeError("the MCP server only serves HTTP requests that came through McpEndpoint")
+        state = request.state
+        return cls(request.app.state.services, state.api_key, getattr(state, "request_id", None))
+
+
+MetaTool = Callable[[Caller, dict[str, Any], ServerRequestContext[Any, Any]], Awaitable[dict[str, Any]]]
+
+
+class McpEndpoint:
+    """The ASGI app at /mcp: authenticates each HTTP request's API key, then hands the request to the SDK."""
+
+    def __init__(self, settings: Settings, registry: Registry) -> None:
+        self.settings = settings
+        self.tools = tools.by_name(registry)
+        self.server: Server[Any] = Server(
+            "integration-gateway",
+            version=_version(),
+            instructions=INSTRUCTIONS,
+            on_list_tools=self._list_tools,
+            on_call_tool=self._call_tool,
+            get_tool_input_schema=self._input_schema,
+        )
+        self.meta: dict[str, MetaTool] = {
+            "list_integrations": self._list_integrations,
+            "connect_integration": self._connect_integration,
+            "wait_for_connection": self._wait_for_connection,
+            "search_tools": self._search_tools,
+        }
+        self.manager: StreamableHTTPSessionManager | None = None
+        self.routes = [Route("/mcp", self)]
+
+    @contextlib.asynccontextmanager
+    async def run(self) -> AsyncIterator[None]:
+        # A manager runs only once; a new one per lifespan lets the app start again.
+        manager = StreamableHTTPSessionManager(
+            app=self.server, stateless=True, security_settings=transport_security(self.settings)
+        )
+        async with manager.run():
+            self.manager = manager
+            try:
+                yield
+            finally:
+                self.manager = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(scope, receive)
+        # Raised before the SDK answers, so the app's handlers give the usual JSON error.
+        request.state.api_key = api_key(request.app.state.services, request)
+        if self.manager is None:
+            raise ServiceUnavailable("The MCP server is not running.")
+        await self.manager.handle_request(scope, receive, send)
+
+    def _endpoints(self, caller: Caller, integration: str | None = None) -> list[CompiledEndpoint]:
+        found = tools.allowed(caller.services.registry, caller.key, integration)
+        return [e for e in found if self.tools.get(e.tool_name) is e and e.tool_name not in META_TOOLS]
+
+    def _input_schema(self, name: str) -> dict[str, Any] | None:
+        if name in META_TOOLS:
+            return META_TOOLS[name].input_schema
+        endpoint = self.tools.get(name)
+        return endpoint.params_schema if endpoint else None
+
+    async def _list_tools(
+        self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
+    ) -> types.ListToolsResult:
+        endpoints = self._endpoints(Caller.of(ctx))
+        listed = [types.Tool.model_validate(tools.mcp_tool(e)) for e in endpoints]
+        return types.ListToolsResult(tools=[*META_TOOLS.values(), *listed])
+
+    async def _call_tool(
+        self, ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams
+    ) -> types.CallToolResult:
+        caller = Caller.of(ctx)
+        arguments = params.arguments or {}
+        endpoint = self.tools.get(params.name)
+        try:
+            if params.name in self.meta:
+                _validate(params.name, arguments)
+                return tool_result(await self.meta[params.name](caller, arguments, ctx))
+            if endpoint is None:
+                raise NotFound(f"There is no tool named '{params.name}'. Call search_tools to find one.")
+            result = await execute(
+                caller.services, caller.key, endpoint.integration.name, endpoint.name, arguments, RunRecord.start()
+            )
+        except GatewayError as exc:
+            integration = endpoint.integration.name if endpoint else arguments.get("integration")
+            return error_result(exc, caller.request_id, integration if isinstance(integration, str) else None)
+        return call_result(endpoint, result)
+
+    def _integration(self, caller: Caller, name: str) -> Integration:
+        tools.check_integration(caller.services, caller.key, name)
+        found = caller.services.registry.get(name)
+        assert found is not None
+        return found
+
+    def _connectable(self, caller: Caller, name: str) -> Integration:
+        """An integration a person can connect: waiting for one nobody can connect would be in vain."""
+        integration = self._integration(caller, name)
+        unavailable = not_set_up(caller.services.settings, integration)
+        if unavailable is not None:
+            raise unavailable
+        return integration
+
+    async def _list_integrations(
+        self, caller: Caller, arguments: dict[str, Any], ctx: ServerRequestContext[Any, Any]
+    ) -> dict[str, Any]:
+        services = caller.services
+        held = {c.integration: c for c in connections.list_for_user(services.engine, caller.key.user_id)}
+        listed = [
+            connection_view(services.settings, integration, held.get(integration.name))
+            for integration in services.registry
+            if keys.allows(caller.key, integration.name)
+        ]
+        return {"integrations": listed}
+
+    async def _connect_integration(
+        self, caller: Caller, arguments: dict[str, Any], ctx: ServerRequestContext[Any, Any]
+    ) -> dict[str, Any]:
+        services, integration = caller.services, self._connectable(caller, arguments["integration"])
+        connection = self._connection(caller, integration)
+        # One more connection than the plan allows is refused here too, not only in the dashboard.
+        plan = services.plans.for_user(services.engine, caller.key.user_id)
+        limits.ensure_can_connect(services.engine, services.settings, plan, caller.key.user_id, integration.name)
+        described = connection_view(services.settings, integration, connection)
+        described["action_url"] = links.integration(
+            services.settings, integration.name, reconnect=connection is not None
+        )
+        described["next_step"] = (
+            f"Ask the person to open action_url to connect {integration.display_name}, then call "
+            f"wait_for_connection with {json.dumps({'integration': integration.name})}."
+        )
+        return described
+
+    async def _wait_for_connection(
+        self, caller: Caller, arguments: dict[str, Any], ctx: ServerRequestContext[Any, Any]
+    ) -> dict[str, Any]:
+        services, integration = caller.services, self._connectable(caller, arguments["integration"])
+        timeout = float(arguments.get("timeout_seconds", WAIT_DEFAULT))
+        message = f"Waiting for the person to connect {integration.display_name}"
+        engine, user_id, since = services.engine, caller.key.user_id, utcnow()
+        started = time.monotonic()
+        # Waits in steps, with a progress notification between them; `since` keeps one start for all.
+        while (left := timeout - (time.monotonic() - started)) > 0:
+            step = min(PROGRESS_EVERY, left)
+            if await waitpoints.wait_for_connection(engine, user_id, integration.name, step, since=since):
+                return {
+                    "completed": True,
+                    **connection_view(services.settings, integration, self._connection(caller, integration)),
+                }
+            await ctx.session.report_progress(time.monotonic() - started, timeout, message)
+        current = self._connection(caller, integration)
+        waited = {
+            "completed": False,
+            "waited_seconds": timeout,
+            **connection_view(services.settings, integration, current),
+        }
+        if current is not None and current.status == "connected":
+            waited["next_step"] = "It was already connected before the wait started; retry the call."
+        else:
+            waited["next_step"] = "Ask the person to open action_url, then call wait_for_connection again."
+        return waited
+
+    def _connection(self, caller: Caller, integration: Integration) -> Connection | None:
+        return connections.get(caller.services.engine, caller.key.user_id, integration.name)
+
+    async def _search_tools(
+        self, caller: Caller, arguments: dict[str, Any], ctx: ServerRequestContext[Any, Any]
+    ) -> dict[str, Any]:
+        integration = arguments.get("integration")
+        if integration is not None:
+            self._integration(caller, integration)
+        found = tools.search(self._endpoints(caller, integration), arguments["query"])
+        return {"tools": [tools.mcp_tool(e) for e in found[: arguments.get("limit", 10)]], "total": len(found)}
+
+
+def connection_view(settings: Settings, integration: Integration, connection: Connection | None) -> dict[str, Any]:
+    """An integration and the person's connection to it, as list_integrations shows it."""
+    status = connection.status if connection is not None else "not_connected"
+    unavailable = not_set_up(settings, integration) if connection is None else None
+    if unavailable is not None:
+        status = "not_set_up"
+    described: dict[str, Any] = {
+        "integration": integration.name,
+        "display_name": integration.display_name,
+        "description": integration.spec.description,
+        "status": status,
+        "tool_count": len(integration.endpoints),
+    }
+    if connection is not None and status == "connected":
+        described["account"] = connection.account
+        described["scopes"] = [s for s in re.split(r"[\s,]+", connection.scopes or "") if s]
+    elif unavailable is not None:
+        described["action_url"] = unavailable.action_url
+    else:
+        described["action_url"] = links.integration(settings, integration.name, reconnect=connection is not None)
+    return described
+
+
+def _validate(name: str, arguments: dict[str, Any]) -> None:
+    problems = [
+        {"field": ".".join(str(p) for p in error.absolute_path) or "arguments", "message": error.message}
+        for error in META_VALIDATORS[name].iter_errors(arguments)
+    ]
+    if problems:
+        raise BadRequest(f"The arguments do not match {name}.", details=problems)
+
+
+def next_step(code: str, integration: str | None) -> str | None:
+    """What an agent should do about an error, in a sentence."""
+    wait = f"call wait_for_connection with {json.dumps({'integration': integration})}"
+    steps = {
+        "integration_not_connected": f"Ask the person to open action_url to connect {integration}, then {wait} and retry.",
+        "token_expired": f"Ask the person to open action_url to reconnect {integration}, then {wait} and retry.",
+        "scope_not_allowed": "This API key may not use it; the person can allow it at action_url.",
+        "bad_request": "Fix the arguments listed in details and call again.",
+        "not_found": "Call search_tools or list_integrations to find the right name.",
+        "daily_limit_reached": "The day's calls are used up; the person can see usage at action_url.",
+        "approval_denied": "The person declined this call; do not repeat it unless they ask.",
+    }
+    if code in ("upstream_timeout", "upstream_unreachable", "token_refresh_unavailable", "service_unavailable"):
+        return "This is temporary; retry later."
+    if code in ("integration_not_connected", "token_expired") and not integration:
+        return "Ask the person to open action_url, then retry."
+    return steps.get(code)
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
+def tool_result(data: dict[str, Any], *, is_error: bool = False) -> types.CallToolResult:
+    """Structured content, and the same as text: JSON on success, 'field: value' lines on error."""
+    fields = {k: v for k, v in data.items() if v is not None} if is_error else data
+    if is_error:
+        order = [k for k in ERROR_LINES if k in fields] + [k for k in fields if k not in ERROR_LINES]
+        text = "\n".join(f"{k}: {_text(fields[k])}" for k in order)
+    else:
+        text = json.dumps(fields, ensure_ascii=False)
+    return types.CallToolResult(content=[types.TextContent(text=text)], structured_content=fields, is_error=is_error)
+
+
+def error_result(exc: GatewayError, request_id: str | None, integration: str | None) -> types.CallToolResult:
+    body = exc.body(request_id)
+    body["retry_after"] = exc.headers.get("Retry-After")
+    if isinstance(exc, IntegrationNotSetUp):
+        body["next_step"] = (
+            "Only the gateway's administrator can set this integration up: tell the person, and show them "
+            "action_url, which explains what to ask for. Waiting for a connection would not help."
+        )
+    else:
+        body["next_step"] = next_step(exc.code, integration)
+    body["run_id"] = exc.headers.get("X-Run-Id")
+    return tool_result(body, is_error=True)
+
+
+def call_result(endpoint: CompiledEndpoint, result: CallResult) -> types.CallToolResult:
+    """The /v1 call's body as the tool's result; an upstream failure is an error the agent can read."""
+    run_id = result.headers.get("X-Run-Id")
+    if result.http_status < 400:
+        return tool_result({**result.body, "run_id": run_id})
+    status = result.body.get("status")
+    message = result.body.get("upstream_error") or f"{endpoint.integration.display_name} answered HTTP {status}."
+    failed = {"error": "upstream_error", "message": message, "status": status, "data": result.body.get("data")}
+    return tool_result({**failed, "run_id": run_id}, is_error=True)
+
+
+def _version() -> str:
+    try:
+        return metadata.version("integration-gateway")
+    except metadata.PackageNotFoundError:  # pragma: no cover
+        return ""

@@ -1,0 +1,51 @@
+"""Operations routes: liveness, readiness and metrics."""
+
+from __future__ import annotations
+
+import hmac
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import text
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from gateway.core.callers import bearer
+from gateway.errors import Unauthorized
+from gateway.storage import database as db
+
+
+async def healthz(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    engine = request.app.state.engine
+    checks = {"database": "ok", "migrations": "ok"}
+    try:
+        with engine.connect() as c:
+            c.execute(text("SELECT 1"))
+        if not db.migrations_current(engine):
+            checks["migrations"] = f"behind: at {db.current_revision(engine)}, head is {db.head_revision()}"
+    except Exception as exc:
+        checks["database"] = f"unreachable ({type(exc).__name__})"
+        checks["migrations"] = "unknown"
+    ready = all(v == "ok" for v in checks.values())
+    return JSONResponse(
+        {"status": "ready" if ready else "unavailable", "checks": checks}, status_code=200 if ready else 503
+    )
+
+
+async def metrics(request: Request) -> Response:
+    services = request.app.state.services
+    token = services.settings.metrics_token
+    if token and not hmac.compare_digest((bearer(request) or "").encode(), token.encode()):
+        raise Unauthorized("Send the metrics token as 'Authorization: Bearer ...'.")
+    return Response(generate_latest(services.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+routes = [
+    Route("/healthz", healthz, methods=["GET"]),
+    Route("/readyz", readyz, methods=["GET"]),
+    Route("/metrics", metrics, methods=["GET"]),
+]

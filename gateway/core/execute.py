@@ -1,0 +1,330 @@
+"""The call pipeline: key → spec → params → connection and token → upstream → response."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as dt
+import functools
+import logging
+import time
+from typing import Any
+
+from sqlalchemy.exc import DBAPIError
+
+from gateway.core import approvals, limits, links, waitpoints
+from gateway.core.connect import not_set_up
+from gateway.core.runtime import Services
+from gateway.core.tokens import is_expired
+from gateway.errors import (
+    BadRequest,
+    GatewayError,
+    IntegrationNotConnected,
+    IntegrationNotSetUp,
+    InternalError,
+    NotFound,
+    ScopeNotAllowed,
+    ServiceUnavailable,
+    TokenExpired,
+    UpstreamTimeout,
+)
+from gateway.specs.params import validate as validate_params
+from gateway.specs.spec import ApiKeyAuth, CompiledEndpoint, OAuth2Auth
+from gateway.storage import connections, keys, runs
+from gateway.storage.models import ApiKey, Connection, utcnow
+from gateway.storage.runs import RunRecord
+from gateway.upstream import build as upstream
+
+logger = logging.getLogger(__name__)
+
+# A 401 is retried after a refresh; twice only when the first refresh was another process's.
+MAX_REFRESHES = 2
+
+
+# Statuses whose answer can carry no body (RFC 9110): the gateway's answer always has one.
+BODYLESS_STATUSES = frozenset({204, 205, 304})
+
+
+def answer_status(upstream_status: int) -> int:
+    """The HTTP status of the gateway's answer: the upstream's, or 200 when the upstream's
+    cannot carry the JSON body every call answers with (its own status stays in `status`)."""
+    return 200 if upstream_status in BODYLESS_STATUSES else upstream_status
+
+
+@dataclasses.dataclass
+class CallResult:
+    http_status: int
+    body: dict[str, Any]
+    headers: dict[str, str]
+
+
+def resolve(services: Services, key: ApiKey, integration: str, endpoint: str) -> CompiledEndpoint:
+    found = services.registry.endpoint(integration, endpoint)
+    if found is None:
+        if services.registry.get(integration) is None:
+            raise NotFound(f"There is no integration named '{integration}'.")
+        raise NotFound(f"{integration} has no endpoint named '{endpoint}'.")
+    if not keys.allows(key, integration):
+        raise ScopeNotAllowed(
+            f"This API key may not use {found.integration.display_name}.",
+            action_url=links.api_key(services.settings, key.id or 0),
+        )
+    return found
+
+
+def load_connection(services: Services, key: ApiKey, endpoint: CompiledEndpoint) -> Connection:
+    integration = endpoint.integration
+    connection = connections.cached(services.engine, key.user_id, integration.name)
+    if connection is None:
+        unavailable = not_set_up(services.settings, integration)
+        if unavailable is not None:
+            raise unavailable
+        raise IntegrationNotConnected(
+            f"{integration.display_name} is not connected for this account.",
+            action_url=links.integration(services.settings, integration.name),
+        )
+    if connection.status != "connected":
+        raise services.tokens.expired_error(
+            integration, f"The {integration.display_name} connection must be reconnected."
+        )
+    return connection
+
+
+def _auth_parts(
+    services: Services, endpoint: CompiledEndpoint, connection: Connection
+) -> tuple[dict[str, str], list[tuple[str, str]]]:
+    auth = endpoint.integration.spec.auth
+    secret = services.tokens.access_token(connection)
+    if isinstance(auth, ApiKeyAuth):
+        value = auth.template.replace("{api_key}", secret)
+        if auth.placement == "query":
+            return {}, [(auth.name, value)]
+        return {auth.name: value}, []
+    return {"Authorization": f"Bearer {secret}"}, []
+
+
+def _base_url(services: Services, endpoint: CompiledEndpoint) -> str:
+    integration = endpoint.integration
+    return services.settings.overrides(integration.name).base_url or integration.spec.base_url
+
+
+async def _send(
+    services: Services, endpoint: CompiledEndpoint, params: dict[str, Any], connection: Connection, record: RunRecord
+) -> upstream.UpstreamResponse:
+    auth_headers, auth_query = _auth_parts(services, endpoint, connection)
+    request = upstream.build_request(
+        endpoint,
+        params,
+        base_url=_base_url(services, endpoint),
+        auth_headers=auth_headers,
+        auth_query=auth_query,
+        connection_extra=connection.extra,
+    )
+    if request.origin.scheme != "https" and not services.settings.allow_http_upstreams:
+        raise BadRequest("The integration's base URL is not https; set GATEWAY_ALLOW_HTTP_UPSTREAMS to allow it.")
+    record.attempts += 1
+    started = time.perf_counter()
+    try:
+        return await upstream.send(services.upstream, request, services.settings.upstream_max_response_bytes)
+    finally:
+        services.metrics.observe_upstream(endpoint.integration.name, time.perf_counter() - started)
+
+
+async def call(
+    services: Services, key: ApiKey, endpoint: CompiledEndpoint, params: dict[str, Any], record: RunRecord
+) -> CallResult:
+    """Runs one validated call. Raises GatewayError for what the gateway itself answers."""
+    integration = endpoint.integration
+    connection = load_connection(services, key, endpoint)
+    oauth = isinstance(integration.spec.auth, OAuth2Auth)
+    if oauth and is_expired(connection) and connection.refresh_token:
+        connection = await services.tokens.refresh(integration, connection)
+        record.refreshed = True
+
+    response = await _send(services, endpoint, params, connection, record)
+    record.upstream_status = response.status
+    refreshes = 0
+    while response.status == 401 and oauth:
+        if record.refreshed and services.tokens.obtained(connection):
+            # A token fresh from the provider is still refused: only a new connection can help.
+            services.tokens.mark_needs_reconnect(connection)
+            raise services.tokens.expired_error(
+                integration, f"{integration.display_name} still answered 401 after a token refresh; reconnect."
+            )
+        if refreshes == MAX_REFRESHES:
+            raise services.tokens.expired_error(
+                integration, f"{integration.display_name} still answered 401 after a token refresh; retry shortly."
+            )
+        # The refresh may hand back a token another process refreshed (this process's cache was
+        # older): if that one is refused too, the next round refreshes with its refresh token.
+        connection = await services.tokens.refresh(integration, connection)
+        record.refreshed = True
+        refreshes += 1
+        response = await _send(services, endpoint, params, connection, record)
+        record.upstream_status = response.status
+    if not oauth:
+        _track_refusal(services, connection, response.status, response.data)
+    if response.status >= 400:
+        record.error_message = upstream.error_message(response.data, services.tokens.access_token(connection))
+
+    body: dict[str, Any] = {"status": response.status, "data": response.data}
+    if response.headers:
+        body["headers"] = dict(response.headers)
+    http_status = answer_status(response.status)
+    error_when = endpoint.spec.error_when
+    if (
+        error_when is not None
+        and isinstance(response.data, dict)
+        and response.data.get(error_when.field, object()) == error_when.equals
+    ):
+        message = str(response.data.get(error_when.message_field or "", "")) or "the upstream reported an error"
+        body["upstream_error"] = message
+        record.error_code = "upstream_error"
+        record.error_message = message[:500]
+        http_status = 502
+    return CallResult(http_status=http_status, body=body, headers=_response_headers(response.headers))
+
+
+# A key refused again and again is marked once a minute, not once per call.
+REFUSAL_MARKED_FOR = dt.timedelta(minutes=1)
+
+
+def _track_refusal(services: Services, connection: Connection, status: int, data: Any) -> None:
+    """A pasted key its upstream refuses (401) shows that on its integration's page, until a call
+    succeeds again. Best effort: the caller gets the upstream's answer whatever happens here."""
+    marked = connection.last_error_at
+    try:
+        if status == 401 and (marked is None or utcnow() - marked > REFUSAL_MARKED_FOR):
+            reason = upstream.error_message(data, services.tokens.access_token(connection))
+            connections.record_error(services.engine, connection, f"401 {reason}" if reason else "401")
+        elif status < 400 and marked is not None:
+            connections.clear_error(services.engine, connection)
+    except DBAPIError:
+        logger.warning("could not record the upstream's answer %s on connection %s", status, connection.id)
+
+
+def _response_headers(upstream_headers: dict[str, str]) -> dict[str, str]:
+    """The upstream's rate-limit headers renamed: X-RateLimit-* on our answer are the gateway's own limits."""
+    renamed = {}
+    for name, value in upstream_headers.items():
+        if name.startswith(("x-ratelimit-", "ratelimit-")):
+            name = "x-upstream-" + name.removeprefix("x-")
+        renamed[name] = value
+    return renamed
+
+
+async def execute(
+    services: Services, key: ApiKey, integration: str, endpoint_name: str, params: Any, record: RunRecord
+) -> CallResult:
+    """The whole call, recorded as a run whatever happens; the run id goes in X-Run-Id.
+
+    Every path that calls an upstream (the /v1 route, queue workers, MCP tools)
+    comes through here, so limits, refresh-and-retry and history are the same for all.
+    """
+    record.user_id, record.api_key_id = key.user_id, key.id
+    record.integration, record.endpoint = integration, endpoint_name
+    services.batcher.calls += 1
+    try:
+        return await _execute(services, key, integration, endpoint_name, params, record)
+    finally:
+        services.batcher.calls -= 1
+
+
+async def _execute(
+    services: Services, key: ApiKey, integration: str, endpoint_name: str, params: Any, record: RunRecord
+) -> CallResult:
+    usage: limits.Usage | None = None
+    try:
+        endpoint = resolve(services, key, integration, endpoint_name)
+        validated = validate_params(endpoint, params)
+        if not record.from_queue:
+            # Queued calls were counted when they were accepted.
+            usage = await limits.reserve(
+                services.batcher, services.settings, key, services.plans.for_user(services.engine, key.user_id)
+            )
+            if approvals.needed(key, endpoint):
+                held = approvals.hold(services, key, endpoint, validated, record)
+                return CallResult(http_status=202, body=held, headers={"X-Run-Id": record.id, **usage.headers()})
+        result = await call(services, key, endpoint, validated, record)
+    except GatewayError as exc:
+        if usage is not None:
+            if record.attempts == 0:
+                # The gateway turned the call away before the upstream saw it: it does not count.
+                limits.refund(services.batcher, key)
+                usage.remaining = None if usage.remaining is None else usage.remaining + 1
+            for name, value in usage.headers().items():
+                exc.headers.setdefault(name, value)
+        if isinstance(exc, (IntegrationNotConnected, TokenExpired)) and not isinstance(exc, IntegrationNotSetUp):
+            # Something an agent can wait on while its person fixes the connection.
+            try:
+                waitpoint = waitpoints.connection_waitpoint(services.engine, key.user_id, integration)
+                exc.extra["waitpoint"] = waitpoints.reference(services, waitpoint)
+            except DBAPIError as db_error:
+                logger.warning("call %s: no connection waitpoint (%s)", record.id, type(db_error).__name__)
+        record.error_code, record.error_message = exc.code, exc.message[:500]
+        record.finish("timeout" if isinstance(exc, UpstreamTimeout) else "failed", exc.status)
+        await _save(services, key, record, exc.body(None))
+        exc.headers.setdefault("X-Run-Id", record.id)
+        raise
+    except DBAPIError:
+        logger.exception("call %s: the database failed", record.id)
+        _count(services, record, "service_unavailable")
+        if record.stored:
+            # The upstream has not acted (a 401 at most): free the key, or requeue the call.
+            await services.leases.finish(
+                record.id,
+                functools.partial(runs.abandon, services.engine, record),
+                f"giving up run {record.id}",
+                wait=record.from_queue,
+            )
+        raise ServiceUnavailable(
+            "The gateway's database is unreachable; nothing was recorded. Retry shortly.",
+            headers={"Retry-After": "5", "X-Run-Id": record.id},
+        ) from None
+    except Exception:
+        logger.exception("call %s failed inside the gateway", record.id)
+        record.error_code, record.error_message = "internal_error", "internal error"
+        record.finish("failed", 500)
+        error = InternalError("The gateway failed to complete this call.", headers={"X-Run-Id": record.id})
+        await _save(services, key, record, error.body(None))
+        raise error from None
+    ok = result.http_status < 400
+    if record.error_code is None and not ok:
+        record.error_code = "upstream_error"
+    record.finish("completed" if ok else "failed", result.http_status)
+    await _save(services, key, record, result.body)
+    result.headers["X-Run-Id"] = record.id
+    if usage is not None:
+        result.headers.update(usage.headers())
+    return result
+
+
+def _count(services: Services, record: RunRecord, outcome: str) -> None:
+    # Only names from the registry become labels: bad input must not grow the metrics.
+    known = services.registry.endpoint(record.integration, record.endpoint) is not None
+    labels = (record.integration, record.endpoint) if known else ("unknown", "unknown")
+    services.metrics.count_call(*labels, outcome)
+
+
+async def _save(services: Services, key: ApiKey, record: RunRecord, body: dict[str, Any]) -> None:
+    _count(services, record, record.error_code or "ok")
+    if record.stored:
+        # A queued call's result, or one an Idempotency-Key replays: retried until it lands, and a
+        # caller waiting for a direct call gets its answer meanwhile (leases.py).
+        write = functools.partial(runs.save, services.engine, services.box, record, body)
+        await services.leases.finish(record.id, write, f"the result of {record.summary()}", wait=record.from_queue)
+    else:
+        runs.save_direct(services.batcher, services.box, record, body)
+    with contextlib.suppress(DBAPIError):  # when a key was last used must never fail its answer
+        keys.touch(services.engine, key.id or 0)
+
+
+async def try_key(
+    services: Services, endpoint: CompiledEndpoint, params: dict[str, Any], secret: str, extra: dict[str, Any] | None
+) -> upstream.UpstreamResponse:
+    """One call with a pasted key that is not stored yet (a spec's `auth.verify`): built and sent as
+    every call is, and recorded nowhere."""
+    unsaved = Connection(
+        user_id=0, integration=endpoint.integration.name, access_token=services.box.encrypt(secret), extra=extra
+    )
+    return await _send(services, endpoint, params, unsaved, RunRecord.start())

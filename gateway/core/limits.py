@@ -1,0 +1,156 @@
+"""Daily call limits (per person, from the plan, and per API key) and the plan's connection limit.
+
+Counting is one conditional UPDATE per subject inside one transaction
+(`count = count + 1 WHERE count < limit`), so N concurrent calls against a
+limit of L let exactly L through, on SQLite and on PostgreSQL with any number
+of processes. The statements ride in the process's group commit (batch.py):
+a call waits for its count to be committed before it goes upstream.
+
+What counts: a direct call once the gateway has validated it and is about to
+call the upstream; a queued or held call when it is accepted, not again when
+it runs. A call the gateway itself turns away before calling the upstream
+(not connected, token expired, bad params, no such endpoint...) is refunded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import functools
+
+from sqlalchemy import func, select
+from sqlalchemy.engine import Engine
+
+from gateway.core import links
+from gateway.core.plans import Plan
+from gateway.errors import DailyLimitReached, PlanLimitReached
+from gateway.settings import Settings
+from gateway.storage.batch import Batcher
+from gateway.storage.models import ApiKey, Connection, DailyUsage, utcnow
+
+
+@dataclasses.dataclass
+class Usage:
+    limit: int | None
+    remaining: int | None
+    reset: dt.datetime
+
+    def headers(self) -> dict[str, str]:
+        if self.limit is None:
+            return {}
+        return {
+            "X-RateLimit-Limit": str(self.limit),
+            "X-RateLimit-Remaining": str(max(self.remaining or 0, 0)),
+            "X-RateLimit-Reset": str(int(self.reset.timestamp())),
+        }
+
+
+def today() -> dt.date:
+    return utcnow().date()
+
+
+@functools.lru_cache(maxsize=4)
+def _midnight_after(day: dt.date) -> dt.datetime:
+    after = day + dt.timedelta(days=1)
+    return dt.datetime(after.year, after.month, after.day, tzinfo=dt.UTC)
+
+
+def next_reset() -> dt.datetime:
+    return _midnight_after(today())
+
+
+def user_subject(user_id: int) -> str:
+    return f"user:{user_id}"
+
+
+def key_subject(key_id: int | None) -> str:
+    return f"key:{key_id}"
+
+
+def _subjects(key: ApiKey, plan: Plan) -> list[tuple[str, int | None]]:
+    # A person's calls are always counted (the usage page shows them); a key's only when it has a
+    # limit of its own, which saves a write on every call of most keys.
+    subjects: list[tuple[str, int | None]] = [(user_subject(key.user_id), plan.daily_calls)]
+    if key.daily_limit is not None:
+        subjects.append((key_subject(key.id), key.daily_limit))
+    return subjects
+
+
+async def reserve(batcher: Batcher, settings: Settings, key: ApiKey, plan: Plan) -> Usage:
+    """Counts one call against the person's and the key's limits, or raises daily_limit_reached."""
+    subjects = _subjects(key, plan)
+    counted = await batcher.count(subjects, today())
+    if isinstance(counted, int):
+        subject, limit = subjects[counted]
+        reset = next_reset()
+        who = "This account's plan" if subject.startswith("user:") else "This API key"
+        raise DailyLimitReached(
+            f"{who} allows {limit} calls per UTC day, all used; the count resets at {reset.isoformat()}.",
+            action_url=links.usage(settings),
+            headers={
+                "Retry-After": str(max(int((reset - utcnow()).total_seconds()), 1)),
+                "X-RateLimit-Limit": str(limit),
+                "X-RateLimit-Remaining": "0",
+                "X-RateLimit-Reset": str(int(reset.timestamp())),
+            },
+        )
+    return _tightest(
+        [(limit, limit - count) for (_, limit), count in zip(subjects, counted, strict=True) if limit is not None]
+    )
+
+
+def refund(batcher: Batcher, key: ApiKey) -> None:
+    """Gives a counted call back (the gateway turned it away); written with the next batch."""
+    batcher.refund([user_subject(key.user_id), key_subject(key.id)], today())
+
+
+def current(engine: Engine, key: ApiKey, plan: Plan) -> Usage:
+    subjects = _subjects(key, plan)
+    with engine.connect() as c:
+        counts = dict(
+            c.execute(
+                select(DailyUsage.subject, DailyUsage.count).where(
+                    DailyUsage.subject.in_([s for s, _ in subjects]), DailyUsage.day == today()
+                )
+            ).all()
+        )
+    return _tightest([(limit, limit - counts.get(s, 0)) for s, limit in subjects if limit is not None])
+
+
+def used_today(engine: Engine, subject: str) -> int:
+    with engine.connect() as c:
+        return int(
+            c.execute(
+                select(DailyUsage.count).where(DailyUsage.subject == subject, DailyUsage.day == today())
+            ).scalar_one_or_none()
+            or 0
+        )
+
+
+def _tightest(remaining: list[tuple[int, int]]) -> Usage:
+    if not remaining:
+        return Usage(limit=None, remaining=None, reset=next_reset())
+    limit, left = min(remaining, key=lambda pair: pair[1])
+    return Usage(limit=limit, remaining=left, reset=next_reset())
+
+
+def connections_used(engine: Engine, user_id: int) -> int:
+    with engine.connect() as c:
+        return int(c.execute(select(func.count()).where(Connection.user_id == user_id)).scalar_one())
+
+
+def ensure_can_connect(engine: Engine, settings: Settings, plan: Plan, user_id: int, integration: str) -> None:
+    """Reconnecting is always allowed; one more connection must fit the plan."""
+    if plan.max_connections is None:
+        return
+    with engine.connect() as c:
+        existing = c.execute(
+            select(Connection.id).where(Connection.user_id == user_id, Connection.integration == integration)
+        ).first()
+    if existing is None and connections_used(engine, user_id) >= plan.max_connections:
+        raise PlanLimitReached(
+            # Not the plan's name: a person whose plan left the plans file gets the default's limits.
+            f"This account's plan allows {plan.max_connections} connected integrations; "
+            "disconnect one or move to a larger plan.",
+            action_url=links.usage(settings),
+        )

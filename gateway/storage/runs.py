@@ -1,0 +1,459 @@
+"""Run history and queued calls: one row per call, written without anything secret in clear.
+
+A direct call writes its row once, at the end. A queued call's row is written
+at submission (status `pending`) with its request encrypted, claimed by a
+worker (`running`, with a lease), and finished with its result encrypted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import functools
+import json
+import re
+from typing import Any
+
+from sqlalchemy import and_, bindparam, delete, exists, func, or_, select, update
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import aliased
+
+from gateway import jsoncodec
+from gateway.crypto import Box
+from gateway.errors import WorkerLost
+from gateway.storage import keys
+from gateway.storage.batch import Batcher
+from gateway.storage.models import ApiKey, Run, from_row, is_active, new_id, utcnow
+
+TERMINAL = ("completed", "failed", "timeout", "cancelled")
+MAX_EXPIRES = 90 * 24 * 3600
+QUEUE_NAME = re.compile(r"^[A-Za-z0-9._:-]{1,200}$")
+# A caller's Idempotency-Key header: visible ASCII, as a header value can carry it unchanged.
+IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
+STATUSES = ("pending", "running", *TERMINAL)
+IDEMPOTENCY_TTL = dt.timedelta(hours=24)
+
+
+@dataclasses.dataclass
+class RunRecord:
+    """What a call did, filled in as the pipeline goes."""
+
+    id: str
+    user_id: int | None = None
+    api_key_id: int | None = None
+    integration: str = ""
+    endpoint: str = ""
+    status: str = "running"
+    http_status: int | None = None
+    upstream_status: int | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    attempts: int = 0
+    refreshed: bool = False
+    queue_name: str | None = None
+    worker_id: str | None = None
+    started_at: dt.datetime = dataclasses.field(default_factory=utcnow)
+    ended_at: dt.datetime | None = None
+    # Set when the row already exists (queued or idempotent calls): finish updates it.
+    stored: bool = False
+    # Set when the final body must be kept (queued and idempotent calls), encrypted.
+    keep_result: bool = False
+    # Set by workers: approval and daily limits were settled when the call was queued.
+    from_queue: bool = False
+    # The stored row once finished (stored records only); None if another worker owns it now.
+    finished: Run | None = None
+
+    @classmethod
+    def start(cls) -> RunRecord:
+        return cls(id=new_id("run"))
+
+    def finish(self, status: str, http_status: int) -> None:
+        self.status = status
+        self.http_status = http_status
+        self.ended_at = utcnow()
+
+    def summary(self) -> str:
+        """What the run did, for a log line: never its params or body."""
+        return (
+            f"run {self.id} ({self.integration}/{self.endpoint}: {self.status}, HTTP {self.http_status}, "
+            f"upstream {self.upstream_status})"
+        )
+
+    def values(self) -> dict[str, Any]:
+        values = {name: getattr(self, name) for name in _STORED_FIELDS}
+        values["integration"] = self.integration[:100]
+        values["endpoint"] = self.endpoint[:100]
+        if self.ended_at is not None:
+            values["duration_ms"] = (self.ended_at - self.started_at).total_seconds() * 1000
+        return values
+
+
+_STORED_FIELDS = tuple(
+    f.name for f in dataclasses.fields(RunRecord) if f.name not in ("stored", "keep_result", "from_queue", "finished")
+)
+
+
+def _insert_values(record: RunRecord, body: dict[str, Any] | None, box: Box) -> dict[str, Any]:
+    values = record.values()
+    # Every row carries the same keys, so a batch is one executemany.
+    values["result"] = box.encrypt(json.dumps(body)) if record.keep_result and body is not None else None
+    values["created_at"] = record.started_at
+    return values
+
+
+def save_direct(batcher: Batcher, box: Box, record: RunRecord, body: dict[str, Any] | None) -> None:
+    """A direct call's row (one not stored yet) goes in with the process's group commit, after the
+    answer (batch.py)."""
+    batcher.insert_run(_insert_values(record, body, box))
+
+
+def save(engine: Engine, box: Box, record: RunRecord, body: dict[str, Any] | None) -> bool:
+    """Writes the run's final row; False when a stored row is no longer this record's to finish
+    (its lease ran out and another process recovered it)."""
+    values = record.values()
+    if record.keep_result and body is not None:
+        values["result"] = box.encrypt(json.dumps(body))
+    with engine.begin() as c:
+        if record.stored:
+            run_id = values.pop("id")
+            statement = _finish_statement(tuple(values), guarded=record.worker_id is not None)
+            values["_id"], values["_worker_id"] = run_id, record.worker_id
+            # The row as written, for what runs after it (waitpoints, callbacks): no second read.
+            row = c.execute(statement, values).first()
+            record.finished = from_row(Run, row._mapping) if row else None
+            return row is not None
+        values["created_at"] = record.started_at
+        c.execute(Run.__table__.insert().values(**values))
+    return True
+
+
+def abandon(engine: Engine, record: RunRecord) -> bool:
+    """A stored call the gateway gave up before the upstream acted on it (its database failed): a
+    queued one goes back to the head of its queue, a direct one ends and frees its Idempotency-Key
+    so that the caller's retry runs it."""
+    if record.from_queue:
+        values: dict[str, Any] = dict(status="pending", worker_id=None, lease_until=None, started_at=None)
+    else:
+        values = dict(
+            status="failed",
+            lease_until=None,
+            idempotency_key=None,
+            ended_at=utcnow(),
+            error_code="service_unavailable",
+            error_message="The gateway's database failed before the upstream acted on this call.",
+            http_status=503,
+        )
+    with engine.begin() as c:
+        statement = update(Run).where(Run.id == record.id, Run.worker_id == record.worker_id, Run.status == "running")
+        return c.execute(statement.values(**values)).rowcount == 1
+
+
+@functools.lru_cache(maxsize=16)
+def _finish_statement(columns: tuple[str, ...], guarded: bool) -> Any:
+    """The UPDATE that finishes a stored run, built once per shape: building it per call (the ORM's
+    coercions and a fresh cache key each time) was most of a queue worker's CPU (bench)."""
+    table = Run.__table__
+    statement = update(table).where(table.c.id == bindparam("_id"))
+    if guarded:
+        # A worker whose lease was taken over must not overwrite the new owner's result.
+        statement = statement.where(table.c.worker_id == bindparam("_worker_id"), table.c.status == "running")
+    return statement.values({name: bindparam(name) for name in columns}).returning(*table.columns)
+
+
+def create_pending(
+    engine: Engine,
+    box: Box,
+    *,
+    record: RunRecord,
+    params: dict[str, Any],
+    status: str = "pending",
+    expires_at: dt.datetime | None = None,
+    callback_url: str | None = None,
+    idempotency_key: str | None = None,
+    request_hash: str | None = None,
+    approval: str | None = None,
+    approval_expires_at: dt.datetime | None = None,
+    waitpoint_id: str | None = None,
+) -> None:
+    values = record.values()
+    values.update(
+        status=status,
+        created_at=record.started_at,
+        started_at=None,
+        request=box.encrypt(json.dumps({"params": params})),
+        expires_at=expires_at,
+        callback_url=callback_url,
+        idempotency_key=idempotency_key,
+        request_hash=request_hash,
+        approval=approval,
+        approval_expires_at=approval_expires_at,
+        waitpoint_id=waitpoint_id,
+    )
+    with engine.begin() as c:
+        c.execute(Run.__table__.insert().values(**values))
+
+
+def create_started(
+    engine: Engine, record: RunRecord, *, idempotency_key: str, request_hash: str, lease: dt.timedelta
+) -> None:
+    """A direct call's row written before the call, so an idempotent repeat can see it running. Its
+    lease (extended by its process, leases.py) lets a repeat recover the key if the process dies."""
+    values = record.values()
+    values.update(
+        created_at=record.started_at,
+        idempotency_key=idempotency_key,
+        request_hash=request_hash,
+        lease_until=record.started_at + lease,
+    )
+    with engine.begin() as c:
+        c.execute(Run.__table__.insert().values(**values))
+
+
+def get(engine: Engine, run_id: str, user_id: int) -> Run | None:
+    with engine.connect() as c:
+        row = c.execute(select(Run.__table__).where(Run.id == run_id, Run.user_id == user_id)).first()
+    return from_row(Run, row._mapping) if row else None
+
+
+def get_any(engine: Engine, run_id: str) -> Run | None:
+    with engine.connect() as c:
+        row = c.execute(select(Run.__table__).where(Run.id == run_id)).first()
+    return from_row(Run, row._mapping) if row else None
+
+
+def by_idempotency_key(engine: Engine, api_key_id: int, key: str) -> Run | None:
+    with engine.connect() as c:
+        row = c.execute(select(Run.__table__).where(Run.api_key_id == api_key_id, Run.idempotency_key == key)).first()
+    return from_row(Run, row._mapping) if row else None
+
+
+def result_of(box: Box, run: Run) -> dict[str, Any] | None:
+    return jsoncodec.loads_stored(box.decrypt(run.result) or "null") if run.result else None
+
+
+def request_of(box: Box, run: Run) -> dict[str, Any]:
+    return jsoncodec.loads_stored(box.decrypt(run.request) or "{}") if run.request else {}
+
+
+def in_queue(engine: Engine, key: ApiKey, queue_name: str, up_to: str | None = None) -> int:
+    """Calls ahead of and including `up_to` (or all) that are pending or running in one queue, of
+    those the key may see."""
+    statement = select(func.count()).where(keys.visible(key, Run), Run.queue_name == queue_name, is_active(Run.status))
+    if up_to is not None:
+        statement = statement.where(Run.id <= up_to)
+    with engine.connect() as c:
+        return int(c.execute(statement).scalar_one())
+
+
+def queue_depth(engine: Engine) -> dict[str, int]:
+    with engine.connect() as c:
+        rows = c.execute(select(Run.status, func.count()).where(is_active(Run.status)).group_by(Run.status)).all()
+    return {status: int(count) for status, count in rows}
+
+
+def cancel(engine: Engine, run_id: str, user_id: int) -> bool:
+    """Only a pending run can be removed; the status check and the change are one statement,
+    so a worker's claim (which also requires `pending`) and a cancel can never both win."""
+    with engine.begin() as c:
+        return (
+            c.execute(
+                update(Run)
+                .where(Run.id == run_id, Run.user_id == user_id, Run.status == "pending")
+                .values(status="cancelled", ended_at=utcnow(), error_code="cancelled", http_status=None)
+            ).rowcount
+            == 1
+        )
+
+
+def _claim_statement(postgresql: bool) -> Any:
+    """Takes up to `:limit` runnable calls: pending, not held for approval, each first in its
+    queue with nothing of its queue running. Two candidates never share a queue (the younger
+    one has an older pending call), and two workers never take the same run: the rows are
+    locked and skipped (`FOR UPDATE SKIP LOCKED`) on PostgreSQL, and SQLite runs the one
+    statement under its write lock. Built once per dialect: building it cost more than running it.
+    tests/test_queue.py holds it to its limit on both databases."""
+    # Aliases throughout: a subquery naming `runs` itself would be correlated with the UPDATE's
+    # own row, and every runnable row would then pick itself.
+    queued, other = aliased(Run, name="queued"), aliased(Run, name="other")
+    blocked = exists().where(
+        other.user_id == queued.user_id,
+        other.queue_name == queued.queue_name,
+        is_active(other.status),
+        or_(other.status == "running", and_(other.status == "pending", other.id < queued.id)),
+    )
+    candidates = (
+        select(queued.id)
+        .where(
+            queued.status == "pending",
+            is_active(queued.status),
+            or_(queued.approval.is_(None), queued.approval == "approved"),
+            ~blocked,
+        )
+        .order_by(queued.id)
+        .limit(bindparam("limit"))
+    )
+    if postgresql:
+        # A CTE runs once. As `id IN (subquery)` PostgreSQL may run the locking subquery again
+        # for each row, skipping the rows it already took, and so take every runnable call.
+        picked = candidates.with_for_update(skip_locked=True).cte("picked")
+        chosen = Run.id == picked.c.id
+    else:
+        chosen = Run.id.in_(candidates)
+    return (
+        update(Run)
+        .where(chosen, Run.status == "pending")
+        .values(
+            status="running",
+            worker_id=bindparam("worker_id"),
+            lease_until=bindparam("lease_until"),
+            started_at=bindparam("now"),
+        )
+        .returning(*Run.__table__.columns)
+    )
+
+
+_CLAIM = {dialect: _claim_statement(dialect == "postgresql") for dialect in ("postgresql", "sqlite")}
+
+
+def claim_many(
+    engine: Engine, worker_id: str, lease: dt.timedelta, limit: int, now: dt.datetime | None = None
+) -> list[Run]:
+    """Up to `limit` calls for this worker, oldest first, at most one per queue; see _claim_statement.
+    The claimed rows' `started_at` is `now`, which names them if the answer is lost (unclaim)."""
+    now = now or utcnow()
+    statement = _CLAIM["postgresql" if engine.dialect.name == "postgresql" else "sqlite"]
+    with engine.begin() as c:
+        rows = c.execute(statement, {"limit": limit, "worker_id": worker_id, "lease_until": now + lease, "now": now})
+        claimed = [from_row(Run, r._mapping) for r in rows]
+    return sorted(claimed, key=lambda run: run.id)
+
+
+def unclaim(engine: Engine, worker_id: str, claimed_at: list[dt.datetime]) -> int:
+    """Claims whose answer never reached their worker (the database failed mid-statement, after the
+    commit): the worker never ran them, so they go back to the head of their queue."""
+    with engine.begin() as c:
+        return c.execute(
+            update(Run)
+            .where(Run.worker_id == worker_id, Run.status == "running", Run.started_at.in_(claimed_at))
+            .values(status="pending", worker_id=None, lease_until=None, started_at=None)
+        ).rowcount
+
+
+def claim(engine: Engine, worker_id: str, lease: dt.timedelta) -> Run | None:
+    claimed = claim_many(engine, worker_id, lease, 1)
+    return claimed[0] if claimed else None
+
+
+def extend_leases(engine: Engine, worker_id: str, run_ids: list[str], lease: dt.timedelta) -> int:
+    """Extends, in one statement, the leases of the calls this worker holds: by id, so that a row it
+    no longer holds (its final write never landed) runs out and is recovered."""
+    with engine.begin() as c:
+        return c.execute(
+            update(Run)
+            .where(Run.id.in_(run_ids), Run.worker_id == worker_id, Run.status == "running", is_active(Run.status))
+            .values(lease_until=utcnow() + lease)
+        ).rowcount
+
+
+def expired_leases(engine: Engine, *, queued: bool) -> list[Run]:
+    """Running calls whose lease ran out: queued ones (their worker's to recover, with callbacks),
+    or direct calls with an Idempotency-Key (which carry no request)."""
+    kind = Run.request.is_not(None) if queued else Run.request.is_(None)
+    with engine.connect() as c:
+        rows = c.execute(
+            select(Run.__table__).where(
+                Run.status == "running", is_active(Run.status), Run.lease_until < utcnow(), kind
+            )
+        ).all()
+    return [from_row(Run, r._mapping) for r in rows]
+
+
+def recover(engine: Engine, box: Box, run: Run, retry: bool) -> bool:
+    """A lease ran out: the process running the call died, or could not record its outcome. A
+    queued call safe to retry runs again. Any other ends `worker_lost`, since the upstream may have
+    acted; a direct call's Idempotency-Key replays that, unless the endpoint is safe to retry: then
+    the key is freed, and the caller's repeat runs the call again."""
+    values: dict[str, Any]
+    if retry and run.request is not None:
+        values = dict(status="pending", worker_id=None, lease_until=None, started_at=None)
+    else:
+        lost = WorkerLost(
+            "The gateway process running this call stopped before its outcome was recorded; "
+            "the upstream may or may not have acted on it."
+        )
+        values = dict(
+            status="failed",
+            lease_until=None,
+            ended_at=utcnow(),
+            error_code=lost.code,
+            error_message=lost.message,
+            http_status=lost.status,
+            result=box.encrypt(json.dumps(lost.body(None))),
+        )
+        if retry:
+            values["idempotency_key"] = None
+    with engine.begin() as c:
+        return (
+            c.execute(
+                update(Run)
+                .where(Run.id == run.id, Run.status == "running", Run.lease_until == run.lease_until)
+                .values(**values)
+            ).rowcount
+            == 1
+        )
+
+
+def purge(engine: Engine) -> tuple[int, int]:
+    """Deletes records past their `expires`, and frees idempotency keys older than 24 hours."""
+    now = utcnow()
+    with engine.begin() as c:
+        deleted = c.execute(delete(Run).where(Run.expires_at < now, Run.status != "running")).rowcount
+        freed = c.execute(
+            update(Run)
+            .where(Run.idempotency_key.is_not(None), Run.created_at < now - IDEMPOTENCY_TTL)
+            .values(idempotency_key=None)
+        ).rowcount
+    return deleted, freed
+
+
+@dataclasses.dataclass
+class RunFilter:
+    user_id: int
+    key: ApiKey | None = None  # read for an API key: only what it may see (keys.visible)
+    integration: str | None = None
+    endpoint: str | None = None
+    queue: str | None = None
+    statuses: list[str] | None = None
+    api_key_id: int | None = None
+    since: dt.datetime | None = None
+    until: dt.datetime | None = None
+    before_id: str | None = None
+    run_id: str | None = None
+    limit: int = 50
+
+
+def search(engine: Engine, f: RunFilter, columns: list[Any] | None = None) -> list[Run]:
+    """Newest first. `columns` narrows what is read (the dashboard never reads payloads)."""
+    owner = keys.visible(f.key, Run) if f.key is not None else Run.user_id == f.user_id
+    statement = select(*(columns or Run.__table__.columns)).where(owner)
+    if f.integration:
+        statement = statement.where(Run.integration == f.integration)
+    if f.endpoint:
+        statement = statement.where(Run.endpoint == f.endpoint)
+    if f.queue:
+        statement = statement.where(Run.queue_name == f.queue)
+    if f.statuses:
+        statement = statement.where(Run.status.in_(f.statuses))
+    if f.api_key_id is not None:
+        statement = statement.where(Run.api_key_id == f.api_key_id)
+    if f.since:
+        statement = statement.where(Run.created_at >= f.since)
+    if f.until:
+        statement = statement.where(Run.created_at < f.until)
+    if f.before_id:
+        statement = statement.where(Run.id < f.before_id)
+    if f.run_id:
+        statement = statement.where(Run.id == f.run_id)
+    statement = statement.order_by(Run.id.desc()).limit(f.limit)
+    with engine.connect() as c:
+        return [from_row(Run, r._mapping) for r in c.execute(statement).all()]
