@@ -167,13 +167,13 @@ async def server_error(request: Request, exc: Exception) -> Response:
 
 def create_app(settings: Settings, registry: specs.Registry | None = None) -> Starlette:
     registry = registry if registry is not None else specs.registry_for(settings)
-    engine = db.make_engine(settings.database_url)
+    engine = db.make_engine(settings.database_url, settings.database_timeout)
     mcp_endpoint = mcp.McpEndpoint(settings, registry)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         if settings.migrate_on_start:
-            db.upgrade(engine)
+            await asyncio.to_thread(db.upgrade, engine)
         async with clients(settings) as upstream:
             services = Services.build(settings, engine, registry, upstream)
             app.state.services = services
@@ -199,7 +199,7 @@ def create_app(settings: Settings, registry: specs.Registry | None = None) -> St
                 if sweeping is not None:
                     sweeping.cancel()
                 checkpointing.cancel()
-                services.batcher.close()
+                await services.db.aclose()
         engine.dispose()
 
     app = Starlette(

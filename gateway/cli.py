@@ -61,7 +61,7 @@ def _print(data: Any, as_json: bool, text: str) -> None:
 def _engine(settings: settings_module.Settings, migrate: bool | None = None) -> Engine:
     """An engine on a database that answers (and is migrated, unless turned off)."""
     try:
-        engine = db.make_engine(settings.database_url)
+        engine = db.make_engine(settings.database_url, settings.database_timeout)
         with engine.connect():
             pass
     except (ImportError, NoSuchModuleError) as exc:
@@ -183,7 +183,7 @@ def cmd_worker(args: argparse.Namespace, settings: settings_module.Settings) -> 
             await stop.wait()
             await worker.stop()
             await services.leases.close()
-            services.batcher.close()
+            await services.db.aclose()
         engine.dispose()
 
     # The event loop `gateway serve` runs on (uvicorn picks uvloop when it is installed).

@@ -20,6 +20,7 @@
     ├── UpstreamResponseTooLarge   502 upstream_response_too_large
     ├── TokenRefreshUnavailable    503 token_refresh_unavailable
     ├── ServiceUnavailable         503 service_unavailable
+    │   └── DatabaseTimeout
     └── UpstreamTimeout            504 upstream_timeout
 
 The body is always {"error", "message", "action_url"?, "details"?, "request_id"}.
@@ -174,6 +175,10 @@ class ServiceUnavailable(GatewayError):
     """The gateway cannot serve right now (for example its database is unreachable)."""
 
     code, status = "service_unavailable", 503
+
+
+class DatabaseTimeout(ServiceUnavailable):
+    """The database did not answer within GATEWAY_DATABASE_TIMEOUT (a partition, a lock held too long)."""
 
 
 class UpstreamTimeout(GatewayError):

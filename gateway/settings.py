@@ -62,6 +62,8 @@ NO_OVERRIDES = IntegrationOverrides()
 class Settings:
     secret_keys: tuple[str, ...]
     database_url: str = "sqlite:///.gateway/gateway.db"
+    # The most a request waits on the database before answering 503 service_unavailable.
+    database_timeout: float = 5.0
     public_url: str = "http://127.0.0.1:8000"
     integrations_paths: tuple[Path, ...] = ()
     integrations: Mapping[str, IntegrationOverrides] = dataclasses.field(default_factory=dict)
@@ -368,6 +370,7 @@ def from_env(environ: Mapping[str, str] | None = None) -> Settings:
     return Settings(
         secret_keys=keys,
         database_url=database_url,
+        database_timeout=env.duration("GATEWAY_DATABASE_TIMEOUT", 5.0, minimum=0.1, maximum=300),
         public_url=env.url("GATEWAY_PUBLIC_URL", "http://127.0.0.1:8000"),  # type: ignore[arg-type]
         integrations_paths=env.paths("GATEWAY_INTEGRATIONS_PATH"),
         integrations=_integrations(env),

@@ -16,7 +16,10 @@ class TcpProxy:
         self.listener.listen(64)
         self.port = self.listener.getsockname()[1]
         self.up = True
+        # Partitioned: connections open and bytes go in, but nothing comes out either way.
+        self.silent = False
         self._pairs: list[tuple[socket.socket, socket.socket]] = []
+        self._held: list[socket.socket] = []
         self._lock = threading.Lock()
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -29,6 +32,10 @@ class TcpProxy:
             if not self.up:
                 client.close()
                 continue
+            if self.silent:
+                with self._lock:
+                    self._held.append(client)
+                continue
             try:
                 server = socket.create_connection(self.target)
             except OSError:
@@ -39,11 +46,11 @@ class TcpProxy:
             for a, b in ((client, server), (server, client)):
                 threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
 
-    @staticmethod
-    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+    def _pipe(self, source: socket.socket, sink: socket.socket) -> None:
         try:
             while data := source.recv(65536):
-                sink.sendall(data)
+                if not self.silent:
+                    sink.sendall(data)
         except OSError:
             pass
         finally:
@@ -65,7 +72,29 @@ class TcpProxy:
                 except OSError:
                     pass
 
+    def partition(self) -> None:
+        """Keeps every connection open and accepts new ones, but nothing gets through: a network
+        partition, where nothing fails and nothing answers."""
+        self.silent = True
+
+    def heal(self) -> None:
+        """Ends a partition. The connections it held broke, as TCP breaks them once the peer has
+        not acknowledged for tcp_user_timeout (the proxy's own kernel acknowledged their bytes, so
+        here the proxy breaks them itself); new connections work."""
+        was_silent = self.silent
+        if was_silent:
+            self.cut()
+            with self._lock:
+                held, self._held = self._held, []
+            for s in held:
+                with contextlib.suppress(OSError):
+                    s.close()
+        self.silent = False
+        self.up = True
+
     def restore(self) -> None:
+        if self.silent:
+            self.heal()
         self.up = True
 
     def close(self) -> None:

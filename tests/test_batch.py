@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import types
 from collections.abc import Iterator
 
 import pytest
@@ -14,7 +13,6 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 
 from gateway.core import limits
-from gateway.core.runtime import Services
 from gateway.crypto import Box
 from gateway.storage import database as db
 from gateway.storage import history, keys, runs, users
@@ -62,7 +60,7 @@ def test_a_batched_row_is_stored_exactly_as_the_orm_stores_it(engine: Engine) ->
     async def write() -> None:
         batcher = Batcher(engine)
         runs.save_direct(batcher, BOX, by_batch, None)
-        batcher.close()
+        await batcher.aclose()
 
     run(write())
     orm, batched = _stored(engine, by_orm.id), _stored(engine, by_batch.id)
@@ -90,7 +88,7 @@ def test_counts_in_one_commit_stay_exact_and_all_or_none(engine: Engine) -> None
         # Plenty left for the person, none for this key: nothing may be counted for either.
         futures.append(batcher.count([("user:2", 100), ("key:2", 0)], day))
         results = list(await asyncio.gather(*futures))
-        batcher.close()
+        await batcher.aclose()
         return results
 
     results = run(go())
@@ -108,9 +106,11 @@ def test_a_write_waits_for_calls_in_flight_but_not_longer_than_needed(tmp_path) 
 
     async def go() -> None:
         batcher = Batcher(engine)
-        # Alone: counted at once, before the caller even awaits.
+        # Alone: handed to the writer at once (no timer), before the caller even awaits.
         batcher.calls = 1
-        assert batcher.count([("user:9", None)], day).result() == [1]
+        alone = batcher.count([("user:9", None)], day)
+        assert batcher._timer is None and batcher._inflight is not None
+        assert await alone == [1]
         # Two in flight, one waiting: it waits (a timer) for the other, up to the group delay.
         batcher.calls = 2
         waiting = batcher.count([("user:9", None)], day)
@@ -121,7 +121,7 @@ def test_a_write_waits_for_calls_in_flight_but_not_longer_than_needed(tmp_path) 
         # Both waiting: nothing more can come, so the commit happens at the next turn.
         first, second = batcher.count([("user:9", None)], day), batcher.count([("user:9", None)], day)
         assert batcher._timer is None and sorted([await first, await second]) == [[3], [4]]
-        batcher.close()
+        await batcher.aclose()
 
     run(go())
     engine.dispose()
@@ -135,12 +135,16 @@ def test_a_failed_commit_fails_its_counts_and_counts_its_lost_rows(tmp_path) -> 
     async def go() -> None:
         batcher = Batcher(engine)
         batcher.on_lost = lost.append
-        with engine.begin() as c:
-            c.execute(text("DROP TABLE daily_usage"))
+
+        def drop() -> None:
+            with engine.begin() as c:
+                c.execute(text("DROP TABLE daily_usage"))
+
+        await asyncio.to_thread(drop)
         runs.save_direct(batcher, BOX, _record(1), None)
         with pytest.raises(DBAPIError):
             await batcher.count([("user:1", None)], dt.date(2026, 12, 1))
-        batcher.close()
+        await batcher.aclose()
 
     run(go())
     assert lost == [1]
@@ -169,7 +173,7 @@ def test_limits_reserve_refund_through_the_batch(tmp_path) -> None:  # type: ign
             await limits.reserve(batcher, settings, key, Plan(name="p", daily_calls=10))
         except Exception as exc:  # the key's own limit of 2
             refused: object = exc
-        batcher.close()
+        await batcher.aclose()
         return [first.remaining, second.remaining, third.remaining, refused]
 
     first, second, third, refused = run(go())
@@ -204,16 +208,14 @@ def test_the_history_pages_show_a_call_whose_row_still_waits_for_its_commit(engi
     seen: dict[str, object] = {}
 
     async def read_while_pending() -> None:
-        batcher = Batcher(engine)
-        services = types.SimpleNamespace(
-            engine=engine, batcher=batcher, settled_engine=lambda: Services.settled_engine(services)
-        )
-        runs.save_direct(batcher, BOX, record, None)
-        assert _count_runs(engine) == 0  # held for the next commit: what the pages must not miss
-        seen["today"] = history.calls_today(services.settled_engine(), user_id)  # type: ignore[arg-type]
-        seen["by_key"] = history.calls_today_by_key(services.settled_engine(), user_id)  # type: ignore[arg-type]
-        seen["run"] = history.get(services.settled_engine(), user_id, record.id)  # type: ignore[arg-type]
-        batcher.close()
+        database = db.Database(engine)
+        runs.save_direct(database.batcher, BOX, record, None)
+        # Held for the next commit: what the pages must not miss.
+        assert await asyncio.to_thread(_count_runs, engine) == 0
+        seen["today"] = await database.run(history.calls_today, user_id)
+        seen["by_key"] = await database.run(history.calls_today_by_key, user_id)
+        seen["run"] = await database.run(history.get, user_id, record.id)
+        await database.aclose()
 
     run(read_while_pending())
     assert seen["today"] == 1 and seen["by_key"] == {key.id: 1}

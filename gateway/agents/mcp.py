@@ -185,7 +185,7 @@ class McpEndpoint:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope, receive)
         # Raised before the SDK answers, so the app's handlers give the usual JSON error.
-        request.state.api_key = api_key(request.app.state.services, request)
+        request.state.api_key = await api_key(request.app.state.services, request)
         if self.manager is None:
             raise ServiceUnavailable("The MCP server is not running.")
         await self.manager.handle_request(scope, receive, send)
@@ -277,12 +277,12 @@ class McpEndpoint:
         services, integration = caller.services, self._connectable(caller, arguments["integration"])
         timeout = float(arguments.get("timeout_seconds", WAIT_DEFAULT))
         message = f"Waiting for the person to connect {integration.display_name}"
-        engine, user_id, since = services.engine, caller.key.user_id, utcnow()
+        user_id, since = caller.key.user_id, utcnow()
         started = time.monotonic()
         # Waits in steps, with a progress notification between them; `since` keeps one start for all.
         while (left := timeout - (time.monotonic() - started)) > 0:
             step = min(PROGRESS_EVERY, left)
-            if await waitpoints.wait_for_connection(engine, user_id, integration.name, step, since=since):
+            if await waitpoints.wait_for_connection(services.db, user_id, integration.name, step, since=since):
                 return {
                     "completed": True,
                     **connection_view(services.settings, integration, self._connection(caller, integration)),

@@ -131,7 +131,7 @@ async def _submit(
 
 async def call_endpoint(request: Request) -> Response:
     services = services_of(request)
-    key = api_key(services, request)
+    key = await api_key(services, request)
     body = await json_object(request)
     options = _options(body, services)
     integration, endpoint_name = request.path_params["integration"], request.path_params["endpoint"]
@@ -188,7 +188,7 @@ async def call_endpoint(request: Request) -> Response:
 async def start_connection(request: Request) -> Response:
     """Where a person connects an integration, and a waitpoint that completes when they have."""
     services = services_of(request)
-    key = api_key(services, request)
+    key = await api_key(services, request)
     name = request.path_params["name"]
     tools.check_integration(services, key, name)
     integration = services.registry.get(name)

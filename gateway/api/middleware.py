@@ -33,8 +33,8 @@ class RateLimitHeadersMiddleware:
                 ):
                     services = scope["app"].state.services
                     try:
-                        usage = limits.current(
-                            services.engine, key, services.plans.for_user(services.engine, key.user_id)
+                        usage = await services.db.run(
+                            lambda engine: limits.current(engine, key, services.plans.for_user(engine, key.user_id))
                         )
                     except Exception:
                         usage = None  # never fail an answer over its headers

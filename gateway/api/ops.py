@@ -6,6 +6,7 @@ import hmac
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
+from sqlalchemy.engine import Engine
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -19,14 +20,19 @@ async def healthz(request: Request) -> Response:
     return JSONResponse({"status": "ok"})
 
 
+def _revision(engine: Engine) -> str | None:
+    with engine.connect() as c:
+        c.execute(text("SELECT 1"))
+    return db.current_revision(engine)
+
+
 async def readyz(request: Request) -> Response:
-    engine = request.app.state.engine
+    database: db.Database = request.app.state.services.db
     checks = {"database": "ok", "migrations": "ok"}
     try:
-        with engine.connect() as c:
-            c.execute(text("SELECT 1"))
-        if not db.migrations_current(engine):
-            checks["migrations"] = f"behind: at {db.current_revision(engine)}, head is {db.head_revision()}"
+        revision = await database.run_unsettled(_revision)
+        if revision != db.head_revision():
+            checks["migrations"] = f"behind: at {revision}, head is {db.head_revision()}"
     except Exception as exc:
         checks["database"] = f"unreachable ({type(exc).__name__})"
         checks["migrations"] = "unknown"
@@ -41,7 +47,9 @@ async def metrics(request: Request) -> Response:
     token = services.settings.metrics_token
     if token and not hmac.compare_digest((bearer(request) or "").encode(), token.encode()):
         raise Unauthorized("Send the metrics token as 'Authorization: Bearer ...'.")
-    return Response(generate_latest(services.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    # Collecting reads the queue depth from the database: in a thread, like any database work.
+    body = await services.db.run_unsettled(lambda _engine: generate_latest(services.metrics.registry))
+    return Response(body, media_type=CONTENT_TYPE_LATEST)
 
 
 routes = [

@@ -18,13 +18,12 @@ MAX_LIMIT = 100
 
 
 def _services(request: Request) -> Services:
-    services: Services = request.app.state.services
-    services.settled_engine()  # this process's answered calls, even those still waiting for their commit
-    return services
+    return request.app.state.services
 
 
-def _run(services: Services, key: ApiKey, run_id: str) -> Run:
-    run = runs.get(services.engine, run_id, key.user_id)
+async def _run(services: Services, key: ApiKey, run_id: str) -> Run:
+    # Database.run settles first: this process's answered calls show, even before their commit.
+    run = await services.db.run(runs.get, run_id, key.user_id)
     if run is None or not keys.sees(key, run):
         raise NotFound("There is no such run.")
     return run
@@ -32,11 +31,11 @@ def _run(services: Services, key: ApiKey, run_id: str) -> Run:
 
 async def list_runs(request: Request) -> Response:
     services = _services(request)
-    key = api_key(services, request)
+    key = await api_key(services, request)
     q = request.query_params
     limit = query_limit(request, 20, MAX_LIMIT)
-    found = runs.search(
-        services.engine,
+    found = await services.db.run(
+        runs.search,
         runs.RunFilter(
             user_id=key.user_id,
             key=key,
@@ -57,36 +56,36 @@ async def list_runs(request: Request) -> Response:
 
 async def show_run(request: Request) -> Response:
     services = _services(request)
-    key = api_key(services, request)
-    return JSONResponse(views.run_view(services.box, _run(services, key, request.path_params["run_id"])))
+    key = await api_key(services, request)
+    return JSONResponse(views.run_view(services.box, await _run(services, key, request.path_params["run_id"])))
 
 
 async def cancel_run(request: Request) -> Response:
     services = _services(request)
-    key = api_key(services, request)
-    run_id = _run(services, key, request.path_params["run_id"]).id
-    if runs.cancel(services.engine, run_id, key.user_id):
+    key = await api_key(services, request)
+    run_id = (await _run(services, key, request.path_params["run_id"])).id
+    if await services.db.run(runs.cancel, run_id, key.user_id):
         for hook in services.run_finished_hooks:
-            cancelled = runs.get(services.engine, run_id, key.user_id)
+            cancelled = await services.db.run(runs.get, run_id, key.user_id)
             await hook(services, cancelled)
         return JSONResponse({"removed": True, "message": "The call was removed from its queue."})
-    current = runs.get(services.engine, run_id, key.user_id)
+    current = await services.db.run(runs.get, run_id, key.user_id)
     status = current.status if current else "gone"
     return JSONResponse({"removed": False, "message": f"Only pending calls can be removed; this one is {status}."})
 
 
 async def queue_size(request: Request) -> Response:
     services = _services(request)
-    key = api_key(services, request)
+    key = await api_key(services, request)
     name = request.path_params["name"]
     if not runs.QUEUE_NAME.fullmatch(name):
         raise BadRequest("A queue name is 1-200 characters of letters, digits and . _ : -")
-    return JSONResponse({"queue_name": name, "in_queue": runs.in_queue(services.engine, key, name)})
+    return JSONResponse({"queue_name": name, "in_queue": await services.db.run(runs.in_queue, key, name)})
 
 
 async def callback_secret(request: Request) -> Response:
     services = _services(request)
-    key = api_key(services, request)
+    key = await api_key(services, request)
     return JSONResponse({"secret": callbacks.secret_for(services.settings, key), "scheme": "t=<unix>,v1=<hex>"})
 
 

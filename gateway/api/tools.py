@@ -14,7 +14,7 @@ from gateway.errors import BadRequest
 
 async def list_tools(request: Request) -> Response:
     services: Services = request.app.state.services
-    key = api_key(services, request)
+    key = await api_key(services, request)
     name = request.query_params.get("format", "mcp")
     shape = tools.FORMATS.get(name)
     if shape is None:

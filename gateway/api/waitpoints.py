@@ -44,8 +44,10 @@ def _services(request: Request) -> Services:
     return request.app.state.services
 
 
-def _for_key(services: Services, key: ApiKey, waitpoint_id: str, headers: dict[str, str] | None = None) -> Waitpoint:
-    found = waitpoints.get(services.engine, waitpoint_id, key.user_id)
+async def _for_key(
+    services: Services, key: ApiKey, waitpoint_id: str, headers: dict[str, str] | None = None
+) -> Waitpoint:
+    found = await services.db.run_unsettled(waitpoints.get, waitpoint_id, key.user_id)
     if found is None or not keys.sees(key, found):
         raise NotFound("There is no such waitpoint.", headers=headers)
     return found
@@ -65,7 +67,7 @@ def _tags(value: Any) -> list[str] | None:
 
 async def create(request: Request) -> Response:
     services = _services(request)
-    key = api_key(services, request)
+    key = await api_key(services, request)
     body = await json_object(request)
     unknown = sorted(set(body) - CREATE_FIELDS)
     if unknown:
@@ -80,8 +82,8 @@ async def create(request: Request) -> Response:
         not isinstance(idempotency_key, str) or not 1 <= len(idempotency_key) <= 255 or CONTROL.search(idempotency_key)
     ):
         raise BadRequest("'idempotencyKey' must be a string of 1-255 characters, without control characters.")
-    waitpoint, cached = waitpoints.create(
-        services.engine,
+    waitpoint, cached = await services.db.run_unsettled(
+        waitpoints.create,
         user_id=key.user_id,
         api_key_id=key.id,
         timeout=timeout,
@@ -99,9 +101,9 @@ async def create(request: Request) -> Response:
     )
 
 
-def _completion(services: Services, waitpoint_id: str, output: Any) -> JSONResponse:
-    won = waitpoints.complete(services.engine, waitpoint_id, output)
-    current = waitpoints.get(services.engine, waitpoint_id)
+async def _completion(services: Services, waitpoint_id: str, output: Any) -> JSONResponse:
+    won = await services.db.run_unsettled(waitpoints.complete, waitpoint_id, output)
+    current = await services.db.run_unsettled(waitpoints.get, waitpoint_id)
     status = current.status if current else "UNKNOWN"
     if won:
         message = "Completed."
@@ -119,9 +121,9 @@ async def callback(request: Request) -> Response:
     waitpoint_id = request.path_params["waitpoint_id"]
     if waitpoints.callback_signer(services).loads(request.path_params["token"]) != waitpoint_id:
         raise NotFound("There is no such waitpoint.", headers=CORS)
-    if waitpoints.get(services.engine, waitpoint_id) is None:
+    if await services.db.run_unsettled(waitpoints.get, waitpoint_id) is None:
         raise NotFound("There is no such waitpoint.", headers=CORS)
-    return _completion(services, waitpoint_id, await json_or_empty(request, CORS))
+    return await _completion(services, waitpoint_id, await json_or_empty(request, CORS))
 
 
 async def complete(request: Request) -> Response:
@@ -131,24 +133,24 @@ async def complete(request: Request) -> Response:
     if secret.startswith(PUBLIC_PREFIX):
         if waitpoints.public_signer(services).loads(secret[len(PUBLIC_PREFIX) :]) != waitpoint_id:
             raise Unauthorized("The public access token is not valid for this waitpoint.", headers=CORS)
-        if waitpoints.get(services.engine, waitpoint_id) is None:
+        if await services.db.run_unsettled(waitpoints.get, waitpoint_id) is None:
             raise NotFound("There is no such waitpoint.", headers=CORS)
     else:
-        _for_key(services, api_key(services, request), waitpoint_id, CORS)
+        await _for_key(services, await api_key(services, request), waitpoint_id, CORS)
     body = await json_or_empty(request, CORS)
     if not isinstance(body, dict) or set(body) - {"data"}:
         raise BadRequest('Send {"data": <any JSON>} to complete a waitpoint.', headers=CORS)
-    return _completion(services, waitpoint_id, body.get("data", {}))
+    return await _completion(services, waitpoint_id, body.get("data", {}))
 
 
 async def cancel(request: Request) -> Response:
     """Ends a waiting manual or connection waitpoint at once; an approval ends by approving or rejecting its call."""
     services = _services(request)
-    found = _for_key(services, api_key(services, request), request.path_params["waitpoint_id"])
+    found = await _for_key(services, await api_key(services, request), request.path_params["waitpoint_id"])
     if found.status == "WAITING" and found.kind not in waitpoints.CANCELLABLE:
         raise BadRequest("An approval's waitpoint ends when its call is approved or rejected; it cannot be cancelled.")
-    won = waitpoints.cancel(services.engine, found.id, found.user_id, by="an API key")
-    current = waitpoints.get(services.engine, found.id) or found
+    won = await services.db.run_unsettled(waitpoints.cancel, found.id, found.user_id, by="an API key")
+    current = await services.db.run_unsettled(waitpoints.get, found.id) or found
     message = "Cancelled." if won else f"Only a waiting waitpoint can be cancelled; this one is {current.status}."
     return JSONResponse({"id": found.id, "cancelled": won, "status": current.status, "message": message})
 
@@ -170,8 +172,8 @@ def _seconds(value: str | None) -> float:
 
 async def wait(request: Request) -> Response:
     services = _services(request)
-    found = _for_key(services, api_key(services, request), request.path_params["waitpoint_id"])
-    current = await waitpoints.wait(services.engine, found, _seconds(request.query_params.get("timeout")))
+    found = await _for_key(services, await api_key(services, request), request.path_params["waitpoint_id"])
+    current = await waitpoints.wait(services.db, found, _seconds(request.query_params.get("timeout")))
     if current.status == "COMPLETED":
         return JSONResponse({"ok": True, "output": current.output})
     if current.status in ("TIMED_OUT", "CANCELLED"):
@@ -191,21 +193,23 @@ async def wait(request: Request) -> Response:
 async def show(request: Request) -> Response:
     services = _services(request)
     return JSONResponse(
-        views.waitpoint_view(_for_key(services, api_key(services, request), request.path_params["waitpoint_id"]))
+        views.waitpoint_view(
+            await _for_key(services, await api_key(services, request), request.path_params["waitpoint_id"])
+        )
     )
 
 
 async def list_waitpoints(request: Request) -> Response:
     services = _services(request)
-    key = api_key(services, request)
+    key = await api_key(services, request)
     q = request.query_params
     period = q.get("period")
     if period is not None and period not in PERIODS:
         raise BadRequest(f"'period' must be one of {', '.join(PERIODS)}.")
     since = utcnow() - PERIODS[period] if period else query_time(request, "from")
     limit = query_limit(request, 20, 100)
-    found = waitpoints.search(
-        services.engine,
+    found = await services.db.run_unsettled(
+        waitpoints.search,
         waitpoints.WaitFilter(
             user_id=key.user_id,
             key=key,

@@ -18,11 +18,12 @@ def bearer(request: Request) -> str | None:
     return value.strip()
 
 
-def api_key(services: Services, request: Request) -> ApiKey:
+async def api_key(services: Services, request: Request) -> ApiKey:
+    """The caller's API key: from this process's cache, or looked up in a database thread."""
     secret = bearer(request)
     if secret is None:
         raise Unauthorized("Send an API key as 'Authorization: Bearer sk_...'.")
-    key = keys.authenticate(services.engine, secret)
+    key = keys.in_cache(services.engine, secret) or await services.db.run_unsettled(keys.authenticate, secret)
     if key is None:
         raise Unauthorized("The API key is unknown or revoked.")
     # Lets the rate-limit middleware report this key's usage on any /v1 answer.

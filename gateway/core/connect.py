@@ -121,23 +121,26 @@ async def begin(
         authorize_url, state=state, code_verifier=verifier, **auth.authorize_params
     )
     now = utcnow()
-    with services.engine.begin() as c:
-        c.execute(delete(OAuthState).where(OAuthState.expires_at < now))
-        c.execute(
-            OAuthState.__table__.insert().values(
-                id=_state_id(state),
-                session_id=session_id,
-                user_id=user_id,
-                integration=integration.name,
-                code_verifier=services.box.encrypt(verifier),
-                redirect_uri=redirect_uri,
-                next_path=next_path,
-                fields=fields or None,
-                created_at=now,
-                expires_at=now + STATE_TTL,
-            )
-        )
+    row = dict(
+        id=_state_id(state),
+        session_id=session_id,
+        user_id=user_id,
+        integration=integration.name,
+        code_verifier=services.box.encrypt(verifier),
+        redirect_uri=redirect_uri,
+        next_path=next_path,
+        fields=fields or None,
+        created_at=now,
+        expires_at=now + STATE_TTL,
+    )
+    await services.db.run_unsettled(_store_state, row)
     return url
+
+
+def _store_state(engine: Engine, row: dict[str, Any]) -> None:
+    with engine.begin() as c:
+        c.execute(delete(OAuthState).where(OAuthState.expires_at < row["created_at"]))
+        c.execute(OAuthState.__table__.insert().values(**row))
 
 
 def _claim(engine: Engine, state: str, session_id: str | None) -> OAuthState:
@@ -176,7 +179,7 @@ async def complete(
             f"This address is where {name} sends you back after you approve a connection; "
             "on its own it does nothing. Start from the integration's page."
         )
-    row = _claim(services.engine, state, session_id)
+    row = await services.db.run_unsettled(_claim, state, session_id)
     if row.integration != integration.name:
         raise ConnectError("This connection attempt was for another integration. Start it again.")
     error = params.get("error")
@@ -187,17 +190,17 @@ async def complete(
     code = params.get("code")
     if not code:
         raise ConnectError(f"{name} sent no authorization code back. Nothing was connected; try again.")
-    _check_plan(services, integration, row.user_id)
+    await services.db.run(_check_plan, services, integration, row.user_id)
     token = await _exchange(services, integration, row, code)
     connection = await _save(services, integration, row, token)
     return connection, row.next_path
 
 
-def _check_plan(services: Services, integration: Integration, user_id: int) -> None:
+def _check_plan(engine: Engine, services: Services, integration: Integration, user_id: int) -> None:
     """Checked again on the way back: another connect may have filled the plan meanwhile."""
-    plan = services.plans.for_user(services.engine, user_id)
+    plan = services.plans.for_user(engine, user_id)
     try:
-        limits.ensure_can_connect(services.engine, services.settings, plan, user_id, integration.name)
+        limits.ensure_can_connect(engine, services.settings, plan, user_id, integration.name)
     except PlanLimitReached as exc:
         raise ConnectError(exc.message, 403) from None
 
@@ -241,8 +244,8 @@ async def _save(services: Services, integration: Integration, row: OAuthState, t
     scope = token.get("scope")
     if isinstance(scope, list):
         scope = " ".join(str(s) for s in scope)
-    return store(
-        services.engine,
+    return await services.db.run_unsettled(
+        store,
         services.box,
         user_id=row.user_id,
         integration=integration.name,

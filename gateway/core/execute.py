@@ -147,7 +147,7 @@ async def call(
     while response.status == 401 and oauth:
         if record.refreshed and services.tokens.obtained(connection):
             # A token fresh from the provider is still refused: only a new connection can help.
-            services.tokens.mark_needs_reconnect(connection)
+            await services.tokens.mark_needs_reconnect(connection)
             raise services.tokens.expired_error(
                 integration, f"{integration.display_name} still answered 401 after a token refresh; reconnect."
             )

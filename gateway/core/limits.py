@@ -79,7 +79,7 @@ def _subjects(key: ApiKey, plan: Plan) -> list[tuple[str, int | None]]:
 async def reserve(batcher: Batcher, settings: Settings, key: ApiKey, plan: Plan) -> Usage:
     """Counts one call against the person's and the key's limits, or raises daily_limit_reached."""
     subjects = _subjects(key, plan)
-    counted = await batcher.count(subjects, today())
+    counted = await batcher.counted(subjects, today())
     if isinstance(counted, int):
         subject, limit = subjects[counted]
         reset = next_reset()

@@ -19,6 +19,7 @@ from gateway.settings import Settings
 from gateway.specs.spec import Registry
 from gateway.storage import runs
 from gateway.storage.batch import Batcher
+from gateway.storage.database import Database
 from gateway.storage.leases import Leases
 from gateway.upstream.client import Client, UpstreamClient
 
@@ -37,7 +38,7 @@ async def clients(settings: Settings) -> AsyncIterator[Client]:
 @dataclasses.dataclass
 class Services:
     settings: Settings
-    engine: Engine
+    db: Database
     registry: Registry
     box: Box
     tokens: TokenStore
@@ -45,12 +46,14 @@ class Services:
     signers: dict[str, Signer]
     plans: PlanBook = dataclasses.field(default_factory=lambda: PlanBook(dict(plans.BUILTIN), "free"))
     metrics: Metrics = dataclasses.field(default_factory=Metrics)
+    engine: Engine = dataclasses.field(init=False)
     batcher: Batcher = dataclasses.field(init=False)
     leases: Leases = dataclasses.field(init=False)
 
     def __post_init__(self) -> None:
-        self.batcher = Batcher(self.engine)
-        self.leases = Leases(self.engine, dt.timedelta(seconds=self.settings.worker_lease_seconds))
+        self.engine = self.db.engine
+        self.batcher = self.db.batcher
+        self.leases = Leases(self.db, dt.timedelta(seconds=self.settings.worker_lease_seconds))
 
     # Wakes this process's queue worker when a call is queued here (set by the worker).
     notify_queue: Callable[[], None] = lambda: None
@@ -70,11 +73,12 @@ class Services:
         box = Box(settings.secret_keys)
         metrics = Metrics()
         metrics.watch_queue(lambda: runs.queue_depth(engine))
-        tokens = TokenStore(settings, engine, box, upstream)
+        database = Database(engine, settings.database_timeout)
+        tokens = TokenStore(settings, database, box, upstream)
         tokens.on_refresh = lambda integration, result: metrics.refreshes.labels(integration, result).inc()
         services = cls(
             settings=settings,
-            engine=engine,
+            db=database,
             registry=registry,
             box=box,
             tokens=tokens,
@@ -87,13 +91,6 @@ class Services:
         services.batcher.on_lost = metrics.run_rows_lost.inc
         services.leases.on_lost = metrics.run_rows_lost.inc
         return services
-
-    def settled_engine(self) -> Engine:
-        """The engine, once this process's pending run rows and refunds are committed: what reads
-        them back uses it, so a call shows the moment it is answered (its row otherwise follows
-        by up to 2 ms, gateway/storage/batch.py)."""
-        self.batcher.flush()
-        return self.engine
 
     def signer(self, purpose: str, max_age: int | None) -> Signer:
         if purpose not in self.signers:

@@ -28,13 +28,13 @@ from sqlalchemy.exc import DBAPIError
 
 from gateway.core import links
 from gateway.crypto import Box
-from gateway.errors import TokenExpired, TokenRefreshUnavailable
+from gateway.errors import DatabaseTimeout, TokenExpired, TokenRefreshUnavailable
 from gateway.settings import Settings
 from gateway.specs.spec import Integration, OAuth2Auth
 from gateway.storage import connections
 from gateway.storage import database as db
+from gateway.storage.caches import Cache
 from gateway.storage.models import Connection, utcnow
-from gateway.storage.ttlcache import TTLCache
 from gateway.upstream.client import UpstreamClient
 from gateway.upstream.token_endpoint import HTTP_ERRORS, TIMEOUT_SECONDS, TokenEndpointClient
 
@@ -55,16 +55,17 @@ def is_expired(connection: Connection) -> bool:
 
 
 class TokenStore:
-    def __init__(self, settings: Settings, engine: Engine, box: Box, client: UpstreamClient) -> None:
+    def __init__(self, settings: Settings, database: db.Database, box: Box, client: UpstreamClient) -> None:
         self.settings = settings
-        self.engine = engine
+        self.db = database
+        self.engine = database.engine
         self.box = box
         self.client = client
         self.owner = f"{os.getpid()}-{os.urandom(4).hex()}"
         self._locks: dict[int, asyncio.Lock] = {}
         # Every call needs its token in clear; decrypting costs ~20 µs, so each ciphertext is
         # decrypted once per connection-cache lifetime. A refreshed token is a new ciphertext.
-        self._clear: TTLCache[str] = TTLCache(connections.CACHE_SECONDS)
+        self._clear: Cache[str] = Cache()
         # Refreshes this process sent, by connection id, until they are stored (or failed).
         self._inflight: dict[int, asyncio.Task[Connection]] = {}
         # The access token (sealed) this process last obtained from the provider, by connection id.
@@ -86,7 +87,10 @@ class TokenStore:
         token another process refreshed may be stale by the time it is used here."""
         return connection.id is not None and self._obtained.get(connection.id) == connection.access_token
 
-    def mark_needs_reconnect(self, connection: Connection) -> None:
+    async def mark_needs_reconnect(self, connection: Connection) -> None:
+        await self.db.run_unsettled(lambda _engine: self._mark_needs_reconnect(connection))
+
+    def _mark_needs_reconnect(self, connection: Connection) -> None:
         connections.forget(self.engine, connection.user_id, connection.integration)
         with self.engine.begin() as c:
             c.execute(
@@ -112,17 +116,17 @@ class TokenStore:
         # A call waits for a refresh, its own or another process's, as long as for a silent upstream.
         deadline = asyncio.get_running_loop().time() + self.settings.upstream_timeout
         while True:
-            current = connections.get_by_id(self.engine, stale.id)  # type: ignore[arg-type]
+            current = await self.db.run_unsettled(connections.get_by_id, stale.id)  # type: ignore[arg-type]
             if current is None or current.status != "connected":
                 raise self.expired_error(integration, f"The {integration.display_name} connection must be reconnected.")
             if current.access_token != stale.access_token and not is_expired(current):
                 return current  # someone else refreshed while we waited
-            if self._take_lease(current):
+            if await self.db.run_unsettled(self._take_lease, current):
                 # Re-read after taking the lease: a refresh may have landed in between.
-                current = connections.get_by_id(self.engine, stale.id)  # type: ignore[arg-type]
+                current = await self.db.run_unsettled(connections.get_by_id, stale.id)  # type: ignore[arg-type]
                 assert current is not None
                 if current.access_token != stale.access_token and not is_expired(current):
-                    self._release_lease(current)
+                    await self._release(current)
                     return current
                 task = asyncio.create_task(self._refresh_holding_lease(integration, current))
                 self._inflight[current.id] = task  # type: ignore[index]
@@ -153,9 +157,9 @@ class TokenStore:
             # Retrieved here: nobody may be waiting any more (the caller's error was its own).
             logger.debug("refresh of connection %s ended: %s", connection_id, type(task.exception()).__name__)
 
-    def _take_lease(self, connection: Connection) -> bool:
+    def _take_lease(self, engine: Engine, connection: Connection) -> bool:
         now = utcnow()
-        with self.engine.begin() as c:
+        with engine.begin() as c:
             taken = c.execute(
                 update(Connection)
                 .where(
@@ -171,6 +175,9 @@ class TokenStore:
                 .values(refresh_lease_until=now + LEASE, refresh_lease_owner=self.owner)
             ).rowcount
         return taken == 1
+
+    async def _release(self, connection: Connection, **values: Any) -> bool:
+        return await self.db.run_unsettled(lambda _engine: self._release_lease(connection, **values))
 
     def _release_lease(self, connection: Connection, **values: Any) -> bool:
         connections.forget(self.engine, connection.user_id, connection.integration)
@@ -189,7 +196,7 @@ class TokenStore:
         assert isinstance(auth, OAuth2Auth)
         refresh_token = self.box.decrypt(connection.refresh_token)
         if not refresh_token or not auth.refreshable:
-            self._release_lease(connection, status="needs_reconnect", updated_at=utcnow())
+            await self._release(connection, status="needs_reconnect", updated_at=utcnow())
             raise self.expired_error(
                 integration, f"The {integration.display_name} token expired and cannot be refreshed; reconnect."
             )
@@ -204,19 +211,19 @@ class TokenStore:
             self.on_refresh(integration.name, "invalid_grant" if exc.error == "invalid_grant" else "unavailable")
             if exc.error == "invalid_grant":
                 logger.info("refresh rejected for connection %s: invalid_grant", connection.id)
-                self._release_lease(connection, status="needs_reconnect", updated_at=utcnow())
+                await self._release(connection, status="needs_reconnect", updated_at=utcnow())
                 raise self.expired_error(
                     integration,
                     f"{integration.display_name} rejected the stored refresh token; the person must reconnect.",
                 ) from None
-            self._release_lease(connection)
+            await self._release(connection)
             raise TokenRefreshUnavailable(
                 f"{integration.display_name}'s token endpoint refused the refresh ({exc.error}); retry later.",
                 headers={"Retry-After": "30"},
             ) from None
         except (*HTTP_ERRORS, ValueError, TimeoutError) as exc:
             self.on_refresh(integration.name, "unavailable")
-            self._release_lease(connection)
+            await self._release(connection)
             raise TokenRefreshUnavailable(
                 f"{integration.display_name}'s token endpoint is unavailable ({type(exc).__name__}); retry later.",
                 headers={"Retry-After": "30"},
@@ -234,11 +241,11 @@ class TokenStore:
         what = f"the refreshed token of connection {connection.id} ({integration.name})"
         try:
             stored = await db.write_until_landed(
-                lambda: self._release_lease(connection, **values), patience=STORE_PATIENCE, what=what
+                self.db, lambda: self._release_lease(connection, **values), patience=STORE_PATIENCE, what=what
             )
             if not stored:
                 logger.error("%s was not written: another process took over the refresh", what)
-        except DBAPIError as exc:
+        except (DBAPIError, DatabaseTimeout) as exc:
             stored = False
             logger.error("%s could not be written (%s): it is lost", what, type(exc).__name__)
         if not stored:

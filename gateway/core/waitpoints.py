@@ -25,6 +25,7 @@ from gateway.storage.models import ApiKey, Waitpoint, new_id, utcnow
 
 if TYPE_CHECKING:
     from gateway.core.runtime import Services
+    from gateway.storage.database import Database
 
 logger = logging.getLogger(__name__)
 
@@ -318,16 +319,18 @@ class Notifier:
                 continue
             self.polls += 1
             try:
-                expire_due(self._engine)
-                with self._engine.connect() as c:
-                    done = c.execute(
-                        select(Waitpoint.id).where(Waitpoint.id.in_(ids), Waitpoint.status != "WAITING")
-                    ).all()
+                done = await asyncio.to_thread(_ended, self._engine, ids)
             except Exception:
                 logger.exception("polling waitpoints failed; retrying")
                 continue
             for (waitpoint_id,) in done:
                 self.wake(waitpoint_id)
+
+
+def _ended(engine: Engine, ids: list[str]) -> list[Any]:
+    expire_due(engine)
+    with engine.connect() as c:
+        return list(c.execute(select(Waitpoint.id).where(Waitpoint.id.in_(ids), Waitpoint.status != "WAITING")).all())
 
 
 def _resolve(future: asyncio.Future[None]) -> None:
@@ -344,7 +347,7 @@ def notifier_for(engine: Engine) -> Notifier:
     return _notifiers[engine]
 
 
-async def wait(engine: Engine, waitpoint: Waitpoint, seconds: float) -> Waitpoint:
+async def wait(database: Database, waitpoint: Waitpoint, seconds: float) -> Waitpoint:
     """Blocks up to `seconds` (and never past the waitpoint's own timeout) for it to end."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + seconds
@@ -353,8 +356,8 @@ async def wait(engine: Engine, waitpoint: Waitpoint, seconds: float) -> Waitpoin
         left = min(deadline - loop.time(), (current.timeout_at - utcnow()).total_seconds() + 0.05)
         if deadline - loop.time() <= 0:
             break
-        await notifier_for(engine).wait(current.id, max(left, 0.01))
-        refreshed = get(engine, current.id)
+        await notifier_for(database.engine).wait(current.id, max(left, 0.01))
+        refreshed = await database.run_unsettled(get, current.id)
         if refreshed is None:
             break
         current = refreshed
@@ -362,7 +365,7 @@ async def wait(engine: Engine, waitpoint: Waitpoint, seconds: float) -> Waitpoin
 
 
 async def wait_for_connection(
-    engine: Engine, user_id: int, integration: str, seconds: float, since: dt.datetime | None = None
+    database: Database, user_id: int, integration: str, seconds: float, since: dt.datetime | None = None
 ) -> dict[str, Any] | None:
     """Waits for this person to (re)connect an integration after `since` (default: now).
 
@@ -371,11 +374,11 @@ async def wait_for_connection(
     from gateway.storage import connections
 
     since = since or utcnow()
-    current = connections.get(engine, user_id, integration)
+    current = await database.run_unsettled(connections.get, user_id, integration)
     if current is not None and current.status == "connected" and current.connected_at >= since:
         return {"integration": integration, "connected_at": current.connected_at.isoformat()}
-    waitpoint = connection_waitpoint(engine, user_id, integration)
-    ended = await wait(engine, waitpoint, seconds)
+    waitpoint = await database.run_unsettled(connection_waitpoint, user_id, integration)
+    ended = await wait(database, waitpoint, seconds)
     return ended.output if ended.status == "COMPLETED" else None
 
 

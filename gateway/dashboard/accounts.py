@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import Response
@@ -12,6 +11,7 @@ from gateway.dashboard.web import (
     action,
     checked_form,
     field,
+    known_visitor,
     page,
     redirect,
     render,
@@ -19,7 +19,6 @@ from gateway.dashboard.web import (
     services_of,
     sign_in,
     sign_out,
-    visitor,
 )
 from gateway.storage import sessions, users
 from gateway.storage.models import User
@@ -35,13 +34,17 @@ def client_ip(request: Request) -> str:
 
 async def login_page(request: Request) -> Response:
     next_path = safe_next(request.query_params.get("next"))
-    if visitor(request).user is not None:
+    if (await known_visitor(request)).user is not None:
         return redirect(next_path)
     return render(request, "login.html", {"next": next_path, "email": "", "error": None})
 
 
 async def login(request: Request) -> Response:
     form = await checked_form(request)
+    return await services_of(request).db.run(lambda _engine: _login(request, form))
+
+
+def _login(request: Request, form: FormData) -> Response:
     services = services_of(request)
     email, password = users.normalise_email(field(form, "email", 320)), field(form, "password")
     next_path = safe_next(field(form, "next", 2000))
@@ -52,7 +55,7 @@ async def login(request: Request) -> Response:
     ip = client_ip(request)
     if not sessions.attempt(services.engine, email, ip):
         return again(TOO_MANY, 429)
-    user = await run_in_threadpool(users.authenticate, services.engine, email, password)
+    user = users.authenticate(services.engine, email, password)
     if user is None:
         return again("That email and password do not match an account.", 400)
     sessions.succeeded(services.engine, email, ip)
@@ -63,7 +66,7 @@ async def login(request: Request) -> Response:
 
 async def signup_page(request: Request) -> Response:
     next_path = safe_next(request.query_params.get("next"))
-    if visitor(request).user is not None:
+    if (await known_visitor(request)).user is not None:
         return redirect(next_path)
     status = 200 if services_of(request).settings.signup_open else 403
     return render(request, "signup.html", {"next": next_path, "email": "", "error": None}, status)
@@ -71,6 +74,10 @@ async def signup_page(request: Request) -> Response:
 
 async def signup(request: Request) -> Response:
     form = await checked_form(request)
+    return await services_of(request).db.run(lambda _engine: _signup(request, form))
+
+
+def _signup(request: Request, form: FormData) -> Response:
     services = services_of(request)
     email, password = field(form, "email", 400), field(form, "password")
     next_path = safe_next(field(form, "next", 2000))
@@ -87,7 +94,7 @@ async def signup(request: Request) -> Response:
     if not sessions.attempt(services.engine, users.normalise_email(email), ip):
         return again(TOO_MANY, 429)
     try:
-        user = await run_in_threadpool(users.create, services.engine, email, password, services.settings.default_plan)
+        user = users.create(services.engine, email, password, services.settings.default_plan)
     except users.UserError as exc:
         return again(str(exc), 400)
     sessions.succeeded(services.engine, user.email, ip)
@@ -97,12 +104,12 @@ async def signup(request: Request) -> Response:
 
 
 async def logout(request: Request) -> Response:
-    if visitor(request).session_id is None:
+    if (await known_visitor(request)).session_id is None:
         # Already signed out (elsewhere, or the session expired): nothing to change, nothing to check.
         return redirect(LOGGED_OUT)
     await checked_form(request)
     response = redirect(LOGGED_OUT)
-    sign_out(request, response)
+    await services_of(request).db.run_unsettled(lambda _engine: sign_out(request, response))
     return response
 
 
@@ -111,13 +118,13 @@ def _plan(request: Request, user: User) -> dict[str, bool]:
 
 
 @page
-async def account_page(request: Request, user: User) -> Response:
+def account_page(request: Request, user: User) -> Response:
     done = request.query_params.get("done") == "password"
     return render(request, "account.html", {"error": None, "done": done, **_plan(request, user)})
 
 
 @action
-async def change_password(request: Request, user: User, form: FormData) -> Response:
+def change_password(request: Request, user: User, form: FormData) -> Response:
     services = services_of(request)
     current, new = field(form, "current_password"), field(form, "new_password")
 
@@ -133,10 +140,10 @@ async def change_password(request: Request, user: User, form: FormData) -> Respo
     ip = client_ip(request)
     if not sessions.attempt(services.engine, user.email, ip):
         return again(TOO_MANY, 429)
-    if await run_in_threadpool(users.authenticate, services.engine, user.email, current) is None:
+    if users.authenticate(services.engine, user.email, current) is None:
         return again("The current password is not right.", 400)
     sessions.succeeded(services.engine, user.email, ip)
-    password_hash = await run_in_threadpool(users.hash_password, new)
+    password_hash = users.hash_password(new)
     updated = sessions.set_password_hash(services.engine, user.id or 0, password_hash)
     response = redirect("/dashboard/account?done=password")
     sign_in(request, response, updated)

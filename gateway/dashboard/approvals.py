@@ -35,7 +35,7 @@ def waiting(run: Run) -> bool:
 
 
 @page
-async def approvals_page(request: Request, user: User) -> Response:
+def approvals_page(request: Request, user: User) -> Response:
     held = approvals.pending(services_of(request).engine, user.id or 0)
     context = {
         "waiting": [r for r in held if waiting(r)],
@@ -48,7 +48,7 @@ async def approvals_page(request: Request, user: User) -> Response:
 
 
 @page
-async def approval_page(request: Request, user: User) -> Response:
+def approval_page(request: Request, user: User) -> Response:
     services = services_of(request)
     run = _run(request, user)
     params_text = None
@@ -68,7 +68,7 @@ async def approval_page(request: Request, user: User) -> Response:
 
 
 @action
-async def approve(request: Request, user: User, form: FormData) -> Response:
+def approve(request: Request, user: User, form: FormData) -> Response:
     run = _run(request, user)
     if not approvals.approve(services_of(request), run.id, user.id or 0):
         return redirect(f"/dashboard/approvals/{run.id}")
@@ -76,7 +76,7 @@ async def approve(request: Request, user: User, form: FormData) -> Response:
 
 
 @action
-async def reject(request: Request, user: User, form: FormData) -> Response:
+def reject(request: Request, user: User, form: FormData) -> Response:
     run = _run(request, user)
     if approvals.reject(services_of(request), run.id, user.id or 0) is None:
         return redirect(f"/dashboard/approvals/{run.id}")

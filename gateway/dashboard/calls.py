@@ -96,11 +96,11 @@ def _query(query: CallQuery, **more: str) -> str:
 
 
 @page
-async def calls_page(request: Request, user: User) -> Response:
+def calls_page(request: Request, user: User) -> Response:
     services = services_of(request)
     query = _query_of(request)
     before = (request.query_params.get("before") or "")[:40] or None
-    runs, next_cursor = history.page(services.settled_engine(), user.id or 0, query.filters, before)
+    runs, next_cursor = history.page(services.engine, user.id or 0, query.filters, before)
     context = {
         "runs": runs,
         "filters": query.filters,
@@ -116,9 +116,9 @@ async def calls_page(request: Request, user: User) -> Response:
 
 
 @page
-async def call_page(request: Request, user: User) -> Response:
+def call_page(request: Request, user: User) -> Response:
     services = services_of(request)
-    run = history.get(services.settled_engine(), user.id or 0, request.path_params["run_id"][:40])
+    run = history.get(services.engine, user.id or 0, request.path_params["run_id"][:40])
     if run is None:
         raise HTTPException(404, "There is no call with that id in your account.")
     key = keys.get_for_user(services.engine, user.id or 0, run.api_key_id) if run.api_key_id else None
@@ -128,11 +128,11 @@ async def call_page(request: Request, user: User) -> Response:
 
 
 @action
-async def cancel(request: Request, user: User, form: FormData) -> Response:
+def cancel(request: Request, user: User, form: FormData) -> Response:
     """Removes a pending queued call; one that a worker already took keeps running."""
     services = services_of(request)
     run_id = request.path_params["run_id"][:40]
-    if history.get(services.settled_engine(), user.id or 0, run_id) is None:
+    if history.get(services.engine, user.id or 0, run_id) is None:
         raise HTTPException(404, "There is no call with that id in your account.")
     removed = runs.cancel(services.engine, run_id, user.id or 0)
     return redirect(f"/dashboard/calls/{quote(run_id, safe='')}?done={'cancelled' if removed else 'not-cancelled'}")

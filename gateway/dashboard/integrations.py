@@ -24,7 +24,17 @@ from gateway.dashboard import approvals as approval_pages
 from gateway.dashboard import calls as call_pages
 from gateway.dashboard import keys as key_pages
 from gateway.dashboard import waitpoints as waitpoint_pages
-from gateway.dashboard.web import action, field, page, redirect, render, safe_next, services_of, visitor
+from gateway.dashboard.web import (
+    action,
+    field,
+    known_visitor,
+    page,
+    redirect,
+    render,
+    safe_next,
+    services_of,
+    visitor,
+)
 from gateway.errors import PlanLimitReached
 from gateway.settings import env_name
 from gateway.specs.spec import ApiKeyAuth, Integration, OAuth2Auth
@@ -73,12 +83,12 @@ def _status(request: Request, integration: Integration, connection: Connection |
 
 
 @page
-async def home(request: Request, user: User) -> Response:
+def home(request: Request, user: User) -> Response:
     return redirect("/dashboard/integrations")
 
 
 @page
-async def integrations_page(request: Request, user: User) -> Response:
+def integrations_page(request: Request, user: User) -> Response:
     services = services_of(request)
     mine = {c.integration: c for c in connections.list_for_user(services.engine, user.id or 0)}
     statuses = [_status(request, i, mine.get(i.name)) for i in services.registry]
@@ -106,12 +116,12 @@ def _integration_page(
 
 
 @page
-async def integration_page(request: Request, user: User) -> Response:
+def integration_page(request: Request, user: User) -> Response:
     return _integration_page(request, user, _integration(request))
 
 
 @page
-async def setup_page(request: Request, user: User) -> Response:
+def setup_page(request: Request, user: User) -> Response:
     """What the operator must do before anyone can connect an OAuth integration (the action_url of
     `integration_not_connected` when it is not set up)."""
     integration = _integration(request)
@@ -144,31 +154,37 @@ async def connect(request: Request, user: User, form: FormData) -> Response:
     services = services_of(request)
     integration = _integration(request)
     next_path = safe_next(field(form, "next", 2000), default="")
+
+    async def again(error: str, status: int) -> Response:
+        return await services.db.run(
+            lambda _engine: _integration_page(request, user, integration, error=error, status=status)
+        )
+
     try:
         fields = _connection_fields(integration, form)
     except ValueError as exc:
-        return _integration_page(request, user, integration, error=str(exc), status=400)
+        return await again(str(exc), 400)
     try:
-        limits.ensure_can_connect(
-            services.engine, services.settings, services.plans.get(user.plan), user.id or 0, integration.name
-        )
+        plan = services.plans.get(user.plan)
+        await services.db.run(limits.ensure_can_connect, services.settings, plan, user.id or 0, integration.name)
     except PlanLimitReached as exc:
-        return _integration_page(request, user, integration, error=exc.message, status=403)
+        return await again(exc.message, 403)
     auth = integration.spec.auth
     if isinstance(auth, ApiKeyAuth):
         secret = field(form, "secret", 5000).strip()
         if not secret or len(secret) > 4096 or CONTROL.search(secret):
-            return _integration_page(request, user, integration, error=f"Paste your {auth.label}.", status=400)
+            return await again(f"Paste your {auth.label}.", 400)
         if not secret.isascii():
             # A key copied from a document can pick up typographic quotes or non-breaking spaces.
-            message = f"This {auth.label} holds characters no key has (quotes, special spaces?); paste it again."
-            return _integration_page(request, user, integration, error=message, status=400)
+            return await again(
+                f"This {auth.label} holds characters no key has (quotes, special spaces?); paste it again.", 400
+            )
         try:
             await key_checks.check(services, integration, secret, fields or None)
         except oauth.ConnectError as exc:
-            return _integration_page(request, user, integration, error=exc.message, status=exc.status)
-        oauth.store(
-            services.engine,
+            return await again(exc.message, exc.status)
+        await services.db.run(
+            oauth.store,
             services.box,
             user_id=user.id or 0,
             integration=integration.name,
@@ -181,7 +197,7 @@ async def connect(request: Request, user: User, form: FormData) -> Response:
         return redirect(next_path or f"{integration_path(integration.name)}?done=connected")
     problem = oauth.missing_configuration(services.settings, integration)
     if problem:
-        return _integration_page(request, user, integration, error=problem, status=400)
+        return await again(problem, 400)
     session_id = visitor(request).session_id
     assert session_id is not None  # @action only lets signed-in sessions through
     url = await oauth.begin(
@@ -194,10 +210,10 @@ async def connect(request: Request, user: User, form: FormData) -> Response:
 async def disconnect(request: Request, user: User, form: FormData) -> Response:
     services = services_of(request)
     integration = _integration(request)
-    connection = connections.get(services.engine, user.id or 0, integration.name)
+    connection = await services.db.run(connections.get, user.id or 0, integration.name)
     if connection is not None:
         await oauth.revoke(services, integration, connection)
-        connections.remove(services.engine, user.id or 0, integration.name)
+        await services.db.run(connections.remove, user.id or 0, integration.name)
     return redirect(f"{integration_path(integration.name)}?done=disconnected")
 
 
@@ -205,9 +221,10 @@ async def callback(request: Request) -> Response:
     """Where the provider sends the browser back. Only a stored, unused state of this session counts."""
     integration = _integration(request)
     services = services_of(request)
+    found = await known_visitor(request)
     try:
         _, next_path = await oauth.complete(
-            services, integration, session_id=visitor(request).session_id, params=request.query_params
+            services, integration, session_id=found.session_id, params=request.query_params
         )
     except oauth.ConnectError as exc:
         context = {"integration": integration, "message": exc.message}
@@ -216,10 +233,10 @@ async def callback(request: Request) -> Response:
 
 
 @page
-async def usage_page(request: Request, user: User) -> Response:
+def usage_page(request: Request, user: User) -> Response:
     services = services_of(request)
     user_id = user.id or 0
-    runs_by_key = history.calls_today_by_key(services.settled_engine(), user_id)
+    runs_by_key = history.calls_today_by_key(services.engine, user_id)
     # limits.py counts what the limits enforce (calls the gateway turned away are refunded);
     # the run counts are everything that was asked.
     key_rows = [
@@ -227,7 +244,7 @@ async def usage_page(request: Request, user: User) -> Response:
         for k in keys.active_for_user(services.engine, user_id)
     ]
     context = {
-        "calls_today": history.calls_today(services.settled_engine(), user_id),
+        "calls_today": history.calls_today(services.engine, user_id),
         "connections": history.connections_count(services.engine, user_id),
         "keys": key_rows,
         "plan": services.plans.get(user.plan),

@@ -60,7 +60,7 @@ def _list(request: Request, user: User, *, error: str | None = None, status: int
     context = {
         "active": [k for k in every if k.revoked_at is None],
         "revoked": [k for k in every if k.revoked_at is not None],
-        "today": history.calls_today_by_key(services.settled_engine(), user.id or 0),
+        "today": history.calls_today_by_key(services.engine, user.id or 0),
         "integrations": list(services.registry),
         "error": error,
         "done": request.query_params.get("done") == "revoked",
@@ -69,12 +69,12 @@ def _list(request: Request, user: User, *, error: str | None = None, status: int
 
 
 @page
-async def keys_page(request: Request, user: User) -> Response:
+def keys_page(request: Request, user: User) -> Response:
     return _list(request, user)
 
 
 @action
-async def create_key(request: Request, user: User, form: FormData) -> Response:
+def create_key(request: Request, user: User, form: FormData) -> Response:
     services = services_of(request)
     try:
         chosen = _choices(request, form)
@@ -138,7 +138,7 @@ def _detail(request: Request, user: User, key: ApiKey, *, error: str | None = No
     services = services_of(request)
     context = {
         "key": key,
-        "calls_today": history.calls_today_by_key(services.settled_engine(), user.id or 0).get(key.id or 0, 0),
+        "calls_today": history.calls_today_by_key(services.engine, user.id or 0).get(key.id or 0, 0),
         "integrations": list(services.registry),
         "error": error,
         "done": request.query_params.get("done") == "saved",
@@ -147,12 +147,12 @@ def _detail(request: Request, user: User, key: ApiKey, *, error: str | None = No
 
 
 @page
-async def key_page(request: Request, user: User) -> Response:
+def key_page(request: Request, user: User) -> Response:
     return _detail(request, user, _key(request, user))
 
 
 @action
-async def update_key(request: Request, user: User, form: FormData) -> Response:
+def update_key(request: Request, user: User, form: FormData) -> Response:
     key = _key(request, user)
     if key.revoked_at is not None:
         return _detail(request, user, key, error="This key is revoked; create a new one instead.", status=400)
@@ -165,7 +165,7 @@ async def update_key(request: Request, user: User, form: FormData) -> Response:
 
 
 @action
-async def revoke_key(request: Request, user: User, form: FormData) -> Response:
+def revoke_key(request: Request, user: User, form: FormData) -> Response:
     key = _key(request, user)
     keys.revoke(services_of(request).engine, key.id or 0, user_id=user.id)
     return redirect("/dashboard/keys?done=revoked")

@@ -19,7 +19,7 @@ MAX_SHOWN_OUTPUT = 20_000
 
 
 @page
-async def waitpoints_page(request: Request, user: User) -> Response:
+def waitpoints_page(request: Request, user: User) -> Response:
     services = services_of(request)
     status = request.query_params.get("status")
     before = (request.query_params.get("before") or "")[:48] or None
@@ -60,7 +60,7 @@ def _shown(value: object) -> str | None:
 
 
 @page
-async def waitpoint_page(request: Request, user: User) -> Response:
+def waitpoint_page(request: Request, user: User) -> Response:
     waitpoint = _waitpoint(request, user)
     context = {
         "w": waitpoint,
@@ -73,7 +73,7 @@ async def waitpoint_page(request: Request, user: User) -> Response:
 
 
 @action
-async def cancel(request: Request, user: User, form: FormData) -> Response:
+def cancel(request: Request, user: User, form: FormData) -> Response:
     waitpoint = _waitpoint(request, user)
     cancelled = waitpoints.cancel(services_of(request).engine, waitpoint.id, user.id or 0)
     return redirect(f"/dashboard/waitpoints/{waitpoint.id}?done={'cancelled' if cancelled else 'not-cancelled'}")

@@ -13,6 +13,7 @@ import datetime as dt
 import hashlib
 import hmac
 import http
+import inspect
 import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -125,6 +126,14 @@ class Visitor:
     new_nonce: bool = False
 
 
+async def known_visitor(request: Request) -> Visitor:
+    """Looks the visitor up (in a database thread) so that `visitor` and `render` need no database."""
+    found = getattr(request.state, "visitor", None)
+    if found is not None:
+        return found
+    return await services_of(request).db.run_unsettled(lambda _engine: visitor(request))
+
+
 def visitor(request: Request) -> Visitor:
     found = getattr(request.state, "visitor", None)
     if found is not None:
@@ -191,7 +200,7 @@ async def checked_form(request: Request) -> FormData:
             400, "This form holds characters the gateway does not take (NUL, or text that is not UTF-8)."
         )
     sent = form.get("csrf_token")
-    binding = _csrf_binding(visitor(request))
+    binding = _csrf_binding(await known_visitor(request))
     signer = services_of(request).signer("csrf", int(sessions.LIFETIME.total_seconds()))
     signed = signer.loads(sent) if isinstance(sent, str) and len(sent) < 400 else None
     if binding is None or not isinstance(signed, str) or not hmac.compare_digest(signed, binding):
@@ -230,18 +239,22 @@ def login_redirect(request: Request) -> Response:
     return redirect(f"{LOGIN_PATH}?next={quote(safe_next(here), safe='')}")
 
 
-Page = Callable[[Request, User], Awaitable[Response]]
-Action = Callable[[Request, User, FormData], Awaitable[Response]]
+# A handler that only needs the database is a plain function, run whole in a database thread; one
+# that also waits on something else (an upstream, a token endpoint) is async and uses Database.run.
+Page = Callable[[Request, User], Awaitable[Response] | Response]
+Action = Callable[[Request, User, FormData], Awaitable[Response] | Response]
 
 
 def page(handler: Page) -> Callable[[Request], Awaitable[Response]]:
     """A GET page for a signed-in person; others go to the login page and come back."""
 
     async def endpoint(request: Request) -> Response:
-        user = visitor(request).user
+        user = (await known_visitor(request)).user
         if user is None:
             return login_redirect(request)
-        return await handler(request, user)
+        if inspect.iscoroutinefunction(handler):
+            return await handler(request, user)
+        return await services_of(request).db.run(lambda _engine: handler(request, user))  # type: ignore[return-value]
 
     return endpoint
 
@@ -254,7 +267,9 @@ def action(handler: Action) -> Callable[[Request], Awaitable[Response]]:
         user = visitor(request).user
         if user is None:
             return redirect(LOGIN_PATH)
-        return await handler(request, user, form)
+        if inspect.iscoroutinefunction(handler):
+            return await handler(request, user, form)
+        return await services_of(request).db.run(lambda _engine: handler(request, user, form))  # type: ignore[return-value]
 
     return endpoint
 

@@ -3,17 +3,18 @@
 Every call counts itself against its limits before the upstream and records a run row
 after it. One transaction each through SQLAlchemy was most of the gateway's own cost
 (docs/benchmarks.md). Here the writes of calls in flight share one transaction on one
-DBAPI connection. A count alone in the process is committed at once; when other calls
-are in flight it waits up to GROUP_DELAY for them to join, or less once every call in
-flight is waiting on the commit (PostgreSQL's commit_delay and commit_siblings, the same
-idea).
+DBAPI connection, committed on a writer thread of its own. A count alone in the process is
+committed at once; when other calls are in flight it waits up to GROUP_DELAY for them to
+join, or less once every call in flight is waiting on the commit (PostgreSQL's
+commit_delay and commit_siblings, the same idea), and writes that arrive during a commit
+go together with the next.
 
 - A count is awaited: the call goes upstream only once its count is committed, so limits
   stay exact across processes. A transaction that fails fails every count in it with a
   DBAPIError (the call answers 503; the transaction rolled back, nothing is half-written).
 - A run row and a refund are not awaited: the answer goes out first and the row follows
-  with the next commit, at most ROW_DELAY later. Reading runs in this process flushes first, so a process always
-  shows the calls it answered. A row that cannot be written is logged and counted
+  with the next commit, at most ROW_DELAY later. Every read through `Database` settles
+  first (`Batcher.settle`), so a process always shows the calls it answered. A row that cannot be written is logged and counted
   (`on_lost`): the answer reflects a call the upstream already ran, and must not be
   replaced by a 503 that invites a retry.
 
@@ -28,16 +29,19 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 from sqlalchemy import DateTime, Table
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 
+from gateway.errors import DatabaseTimeout
 from gateway.storage.models import DailyUsage, Run
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 Subjects = list[tuple[str, int | None]]
 # Columns only queued and held calls fill (runs.create_pending). A direct call's row leaves them
@@ -85,6 +89,16 @@ def _faster_datetime(process: Callable[[Any], Any]) -> Callable[[Any], Any]:
     return _aware_utc_text if process(probe) == _aware_utc_text(probe) else process
 
 
+async def within(awaitable: Awaitable[T], timeout: float) -> T:
+    """Awaits at most `timeout`, then answers 503: the database did not answer in time."""
+    try:
+        return await asyncio.wait_for(awaitable, timeout)
+    except TimeoutError:
+        raise DatabaseTimeout(
+            f"The gateway's database did not answer within {timeout:g} s; try again shortly."
+        ) from None
+
+
 class Statements:
     """The SQL text of each hot statement for one dialect, and the bind processors for run rows."""
 
@@ -122,11 +136,25 @@ class Statements:
 
 
 class Batcher:
-    """One process's hot writes, flushed at the end of each event-loop turn."""
+    """One process's hot writes, committed on a writer thread of their own.
 
-    def __init__(self, engine: Engine) -> None:
+    The event loop only collects writes and hands them over: a commit, however slow (a lock
+    wait, a database that stopped answering), never holds the loop. While one commit is in
+    flight the next writes gather and go together when it ends, so a slow commit makes the
+    next group larger rather than the queue longer.
+    """
+
+    def __init__(self, engine: Engine, timeout: float = 5.0) -> None:
         self.engine = engine
+        # The most a count is awaited (GATEWAY_DATABASE_TIMEOUT): then the call answers 503.
+        self.timeout = timeout
         self.sql = Statements(engine)
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="gateway-batch")
+        self._inflight: asyncio.Future[Any] | None = None
+        # Writes handed over so far, and writes committed (or failed) so far: what settle() waits on.
+        self._handed = 0
+        self._done = 0
+        self._settling: list[tuple[int, asyncio.Future[None]]] = []
         self._counts: list[tuple[Subjects, Any, asyncio.Future[list[int] | int]]] = []
         self._refunds: list[tuple[list[str], Any]] = []
         self._rows: list[list[Any]] = []
@@ -146,6 +174,7 @@ class Batcher:
         no subject was counted)."""
         future: asyncio.Future[list[int] | int] = asyncio.get_running_loop().create_future()
         self._counts.append((subjects, self.sql.day_processor(day), future))
+        self._handed += 1
         if self.calls <= 1:
             # Alone in the process: nothing can join this commit, so waiting a turn of the loop
             # would only add to the call's latency.
@@ -158,13 +187,19 @@ class Batcher:
             self._flush_within(GROUP_DELAY)
         return future
 
+    async def counted(self, subjects: Subjects, day: dt.date) -> list[int] | int:
+        """`count`, awaited at most `timeout`: a count given up is not made (or is refunded)."""
+        return await within(self.count(subjects, day), self.timeout)
+
     def refund(self, subjects: list[str], day: dt.date) -> None:
         """Takes one call back from each subject's count."""
         self._refunds.append((subjects, self.sql.day_processor(day)))
+        self._handed += 1
         self._flush_within(ROW_DELAY)
 
     def insert_run(self, values: dict[str, Any]) -> None:
         self._rows.append(self.sql.run_row(values))
+        self._handed += 1
         self._flush_within(ROW_DELAY)
 
     def _flush_within(self, delay: float) -> None:
@@ -185,36 +220,71 @@ class Batcher:
             self._timer, self._timer_when = loop.call_at(when, self.flush), when
 
     def flush(self) -> None:
+        """Hands what is pending to the writer thread, unless a commit is in flight: then it
+        goes when that one ends."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        counts, refunds, rows = self._counts, self._refunds, self._rows
-        self._counts, self._refunds, self._rows, self._scheduled = [], [], [], False
-        if not (counts or refunds or rows):
+        self._scheduled = False
+        if self._inflight is not None:
             return
-        try:
-            results = self._run(counts, refunds, rows)
-        except Exception as exc:
-            error: Exception = exc
-            if isinstance(exc, self._dbapi_error):
-                self._drop_connection()
-                error = DBAPIError("batched writes", None, exc)
-            logger.error(
-                "a batch of %d counts, %d refunds and %d run rows failed: %s",
-                len(counts),
-                len(refunds),
-                len(rows),
-                type(exc).__name__,
-            )
+        # A count whose caller gave up (timed out, cancelled) is not made: it never went upstream.
+        counts = [c for c in self._counts if not c[2].done()]
+        given_up = len(self._counts) - len(counts)
+        refunds, rows = self._refunds, self._rows
+        self._counts, self._refunds, self._rows = [], [], []
+        if not (counts or refunds or rows):
+            self._committed(given_up)
+            return
+        size = len(counts) + len(refunds) + len(rows) + given_up
+        loop = asyncio.get_running_loop()
+        self._inflight = loop.run_in_executor(self._writer, self._run, counts, refunds, rows)
+        self._inflight.add_done_callback(lambda done: self._landed(done, counts, len(rows), size))
+
+    def _landed(self, done: asyncio.Future[Any], counts: list[Any], rows: int, size: int) -> None:
+        self._inflight = None
+        error = done.exception()
+        if error is not None:
+            if isinstance(error, self._dbapi_error):
+                error = DBAPIError("batched writes", None, error)
+            logger.error("a batch of %d counts and %d run rows failed: %s", len(counts), rows, type(error).__name__)
             if rows:
-                self.on_lost(len(rows))
+                self.on_lost(rows)
             for _, _, future in counts:
                 if not future.done():
                     future.set_exception(error)
+        else:
+            for (subjects, day, future), result in zip(counts, done.result(), strict=True):
+                if not future.done():
+                    future.set_result(result)
+                elif isinstance(result, list):
+                    # Counted, but its caller stopped waiting (and answered without calling): give it back.
+                    self._refunds.append(([subject for subject, _ in subjects], day))
+                    self._handed += 1
+        self._committed(size)
+        if self._counts or self._refunds or self._rows:
+            self.flush()
+
+    def _committed(self, writes: int) -> None:
+        self._done += writes
+        still = []
+        for target, waiter in self._settling:
+            if self._done >= target:
+                if not waiter.done():
+                    waiter.set_result(None)
+            else:
+                still.append((target, waiter))
+        self._settling = still
+
+    async def settle(self) -> None:
+        """Returns once every write handed to this batcher before the call has been committed
+        (or has failed): what reads run rows and counts back sees this process's own calls."""
+        if self._done >= self._handed:
             return
-        for (_, _, future), result in zip(counts, results, strict=True):
-            if not future.done():
-                future.set_result(result)
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._settling.append((self._handed, waiter))
+        self.flush()
+        await waiter
 
     def _run(
         self,
@@ -225,7 +295,11 @@ class Batcher:
         if self._connection is None:
             self._connection = self.engine.raw_connection()
         connection = self._connection
-        cursor = connection.cursor()
+        try:
+            cursor = connection.cursor()
+        except BaseException:
+            self._drop_connection()
+            raise
         try:
             if rows:
                 cursor.executemany(self.sql.insert_run, rows)
@@ -237,12 +311,15 @@ class Batcher:
             results = [self._count(cursor, subjects, day) for subjects, day, _ in counts]
             connection.commit()
             return results
-        except BaseException:
+        except BaseException as exc:
             with contextlib.suppress(Exception):  # the error that matters is the one being raised
                 connection.rollback()
+            if isinstance(exc, self._dbapi_error):
+                self._drop_connection()
             raise
         finally:
-            cursor.close()
+            with contextlib.suppress(Exception):
+                cursor.close()
 
     def _count(self, cursor: Any, subjects: Subjects, day: Any) -> list[int] | int:
         counts: list[int] = []
@@ -277,8 +354,15 @@ class Batcher:
             except Exception:
                 logger.debug("invalidating a failed connection failed", exc_info=True)
 
-    def close(self) -> None:
-        self.flush()
+    async def aclose(self) -> None:
+        """Commits what is pending, then stops the writer thread."""
+        with contextlib.suppress(Exception):
+            await self.settle()
+        self._writer.submit(self._close_connection).result()
+        self._writer.shutdown(wait=True)
+
+    def _close_connection(self) -> None:
         connection, self._connection = self._connection, None
         if connection is not None:
-            connection.close()
+            with contextlib.suppress(Exception):
+                connection.close()

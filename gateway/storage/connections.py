@@ -9,27 +9,32 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.engine import Engine
 
 from gateway.crypto import Box
+from gateway.storage import caches
 from gateway.storage.models import Connection, utcnow
-from gateway.storage.ttlcache import TTLCache
 
 # Every call loads its connection. A change in this process drops the entry at once; one in
-# another process is seen within 2 s (a refreshed token there costs at most one extra 401 here,
-# which the refresh path resolves by re-reading the row).
-CACHE_SECONDS = 2.0
-_cache: TTLCache[Connection] = TTLCache(CACHE_SECONDS)
+# another process is seen within caches.SECONDS (a refreshed token there costs at most one extra
+# 401 here, which the refresh path resolves by re-reading the row).
 
 
 def cached(engine: Engine, user_id: int, integration: str) -> Connection | None:
-    found = _cache.get((id(engine), user_id, integration))
-    if found is None:
+    cache = caches.of(engine).connections
+    found = cache.get((user_id, integration))
+    if not isinstance(found, Connection):
         found = get(engine, user_id, integration)
         if found is not None:
-            _cache.put((id(engine), user_id, integration), found)
+            cache.put((user_id, integration), found)
     return found
 
 
+def in_cache(engine: Engine, user_id: int, integration: str) -> Connection | None:
+    """The cached connection, without touching the database (the event loop's fast path)."""
+    found = caches.of(engine).connections.get((user_id, integration))
+    return found if isinstance(found, Connection) else None
+
+
 def forget(engine: Engine, user_id: int, integration: str) -> None:
-    _cache.drop((id(engine), user_id, integration))
+    caches.of(engine).connections.drop((user_id, integration))
 
 
 def get(engine: Engine, user_id: int, integration: str) -> Connection | None:

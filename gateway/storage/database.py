@@ -1,13 +1,16 @@
-"""The database engine, sessions, and the migrations entry point."""
+"""The database engine, the threads that use it (`Database`), and the migrations entry point."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
-from collections.abc import Callable
+import traceback
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TypeVar
+from typing import Concatenate, ParamSpec, TypeVar
 
 from alembic import command
 from alembic.config import Config
@@ -27,10 +30,26 @@ from tenacity import (
 )
 
 from gateway import jsoncodec
+from gateway.errors import DatabaseTimeout
+from gateway.storage import caches
+from gateway.storage.batch import Batcher, within
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
+P = ParamSpec("P")
+
+# How long a request waits for the database before answering 503 (GATEWAY_DATABASE_TIMEOUT).
+DEFAULT_TIMEOUT = 5.0
+# What one statement may take on PostgreSQL: past it the server cancels it, so a lock wait or a
+# runaway query frees its connection and thread instead of holding them for good.
+STATEMENT_TIMEOUT_MS = 30_000
+# TCP keepalives and tcp_user_timeout end a connection whose peer stopped answering (a partition,
+# a host that vanished) within seconds rather than the kernel's ~15 minutes of retransmissions.
+KEEPALIVES = {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 3}
+TCP_USER_TIMEOUT_MS = 10_000
+# Threads that run database work; PostgreSQL's pool has room for each of them plus the batcher.
+THREADS = 16
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
@@ -47,20 +66,106 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyp
     cursor.close()
 
 
-def make_engine(database_url: str) -> Engine:
+def make_engine(database_url: str, timeout: float = DEFAULT_TIMEOUT) -> Engine:
     url = make_url(database_url)
     if url.get_backend_name() == "sqlite":
         if url.database and url.database != ":memory:":
             Path(url.database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"check_same_thread": False}, json_deserializer=jsoncodec.loads_stored)
         event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "checkout", _not_on_the_event_loop)
         return engine
     if url.get_backend_name() == "postgresql" and url.get_driver_name() in ("", "psycopg2"):
         url = url.set(drivername="postgresql+psycopg")
-    engine = create_engine(url, pool_size=20, max_overflow=20, json_deserializer=jsoncodec.loads_stored)
+    # Options in the URL (a search_path, a statement_timeout of the operator's own) come after
+    # ours, so they win; connect_args would otherwise replace them.
+    options = " ".join(filter(None, [f"-c statement_timeout={STATEMENT_TIMEOUT_MS}", url.query.get("options")]))
+    connect_args = {
+        "connect_timeout": max(1, round(timeout)),
+        "tcp_user_timeout": TCP_USER_TIMEOUT_MS,
+        "options": options,
+        **KEEPALIVES,
+    }
+    engine = create_engine(
+        url,
+        pool_size=20,
+        max_overflow=20,
+        pool_timeout=timeout,
+        connect_args=connect_args,
+        json_deserializer=jsoncodec.loads_stored,
+    )
     event.listen(engine, "checkin", _checked_in)
+    event.listen(engine, "checkout", _not_on_the_event_loop)
     event.listen(engine, "checkout", _ping_if_idle)
     return engine
+
+
+# What a connection taken on a thread that runs an event loop does: "warn" logs where it came from
+# (once per place), "raise" fails it (the test suite sets it, so a missed place fails a test).
+ON_LOOP = "warn"
+_warned: set[str] = set()
+
+
+def _not_on_the_event_loop(dbapi_connection, record, proxy) -> None:  # type: ignore[no-untyped-def]
+    if asyncio._get_running_loop() is None:
+        return
+    if ON_LOOP == "raise":
+        raise RuntimeError("database work on the event loop: go through Database.run")
+    ours = [
+        f for f in traceback.extract_stack()[:-1] if "/gateway/" in f.filename and "site-packages" not in f.filename
+    ]
+    where = "".join(traceback.format_list(ours[-4:]))
+    if where not in _warned:
+        _warned.add(where)
+        logger.warning("database work on the event loop (it blocks every request meanwhile):\n%s", where)
+
+
+class Database:
+    """The engine, and the threads that use it: nothing waits on the database on the event loop.
+
+    Storage functions stay plain synchronous functions taking the engine; `run` calls one in a
+    thread and waits at most `timeout` for it, so a database that stops answering costs a caller
+    a 503 after a few seconds, not the whole process. Every read settles this process's pending
+    batched writes first, so nothing that reads needs to remember to flush.
+    """
+
+    def __init__(self, engine: Engine, timeout: float = DEFAULT_TIMEOUT, threads: int = THREADS) -> None:
+        self.engine = engine
+        self.timeout = timeout
+        self.batcher = Batcher(engine, timeout)
+        self.caches = caches.of(engine)
+        self._threads = ThreadPoolExecutor(threads, thread_name_prefix="gateway-db")
+
+    async def run(
+        self,
+        fn: Callable[Concatenate[Engine, P], T],
+        /,
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> T:
+        """`fn(engine, *args, **kwargs)` in a thread, once pending batched writes are committed."""
+        await self.settle()
+        loop = asyncio.get_running_loop()
+        return await self.within(
+            loop.run_in_executor(self._threads, functools.partial(fn, self.engine, *args, **kwargs))
+        )
+
+    async def run_unsettled(self, fn: Callable[Concatenate[Engine, P], T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        """`run` for what never reads batched rows (keys, connections): no wait for a commit."""
+        loop = asyncio.get_running_loop()
+        return await self.within(
+            loop.run_in_executor(self._threads, functools.partial(fn, self.engine, *args, **kwargs))
+        )
+
+    async def settle(self) -> None:
+        await self.within(self.batcher.settle())
+
+    async def within(self, awaitable: Awaitable[T]) -> T:
+        return await within(awaitable, self.timeout)
+
+    async def aclose(self) -> None:
+        await self.batcher.aclose()
+        self._threads.shutdown(wait=False, cancel_futures=True)
 
 
 # Pessimistic disconnect handling (SQLAlchemy's recipe), but only for a connection that sat idle:
@@ -114,7 +219,7 @@ async def checkpoints(engine: Engine) -> None:
         await asyncio.sleep(CHECKPOINT_EVERY)
 
 
-async def write_until_landed(write: Callable[[], T], *, patience: float, what: str) -> T:
+async def write_until_landed(database: Database, write: Callable[[], T], *, patience: float, what: str) -> T:
     """Runs `write` until it lands: again, with backoff, while the database is unreachable, for up to
     `patience` seconds, then raises its last error. For what cannot be had again once dropped: a
     result the upstream produced, a token the provider rotated. `what` names it in the log, never
@@ -126,7 +231,7 @@ async def write_until_landed(write: Callable[[], T], *, patience: float, what: s
             logger.warning("%s could not be written (%s); retrying for up to %.0f s", what, error, patience)
 
     retrying = AsyncRetrying(
-        retry=retry_if_exception_type(DBAPIError),
+        retry=retry_if_exception_type((DBAPIError, DatabaseTimeout)),
         wait=wait_exponential(multiplier=0.05, max=1.0) + wait_random(0, 0.05),
         stop=stop_before_delay(patience),
         before_sleep=warn,
@@ -134,7 +239,7 @@ async def write_until_landed(write: Callable[[], T], *, patience: float, what: s
     )
     async for attempt in retrying:
         with attempt:
-            return write()
+            return await database.run_unsettled(lambda _engine: write())
     raise AssertionError("unreachable: tenacity returns or raises")  # pragma: no cover
 
 

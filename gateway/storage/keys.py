@@ -12,9 +12,9 @@ from sqlalchemy import update as sa_update
 from sqlalchemy.engine import Engine
 from sqlalchemy.sql.elements import ColumnElement
 
+from gateway.storage import caches
 from gateway.storage.database import session
 from gateway.storage.models import ApiKey, Run, Waitpoint, utcnow
-from gateway.storage.ttlcache import TTLCache
 
 KEY_PREFIX = "sk_"
 
@@ -58,17 +58,25 @@ def create(
     return key, secret
 
 
-# Every call checks its key: a revocation in this process applies at once, in another within 2 s.
-CACHE_SECONDS = 2.0
-_cache: TTLCache[ApiKey] = TTLCache(CACHE_SECONDS)
+# Every call checks its key: a revocation in this process applies at once, in another within
+# caches.SECONDS.
+
+
+def in_cache(engine: Engine, secret: str) -> ApiKey | None:
+    """The key for `secret` if this process has it cached: no database (the event loop's fast path)."""
+    if not secret.startswith(KEY_PREFIX) or len(secret) > 200:
+        return None
+    digest = hash_key(secret)
+    cached = caches.of(engine).keys.get(digest)
+    return cached if isinstance(cached, ApiKey) and hmac.compare_digest(cached.key_hash, digest) else None
 
 
 def authenticate(engine: Engine, secret: str) -> ApiKey | None:
     if not secret.startswith(KEY_PREFIX) or len(secret) > 200:
         return None
     digest = hash_key(secret)
-    cached = _cache.get((id(engine), digest))
-    if cached is not None and hmac.compare_digest(cached.key_hash, digest):
+    cached = caches.of(engine).keys.get(digest)
+    if isinstance(cached, ApiKey) and hmac.compare_digest(cached.key_hash, digest):
         return cached
     with engine.connect() as connection:
         row = connection.execute(select(ApiKey).where(ApiKey.key_hash == digest, ApiKey.revoked_at.is_(None))).first()
@@ -78,13 +86,13 @@ def authenticate(engine: Engine, secret: str) -> ApiKey | None:
     # The lookup is by hash; compare again in constant time so no timing path depends on the secret.
     if not hmac.compare_digest(key.key_hash, digest):
         return None
-    _cache.put((id(engine), digest), key)
+    caches.of(engine).keys.put(digest, key)
     return key
 
 
 def forget(engine: Engine, key_id: int | None = None) -> None:
     """Drops cached keys (one, or all of this engine's) after a change in this process."""
-    _cache.drop_where(lambda k, v: k[0] == id(engine) and (key_id is None or v.id == key_id))
+    caches.of(engine).keys.drop_where(lambda _, v: key_id is None or getattr(v, "id", None) == key_id)
 
 
 def for_user(engine: Engine, user_id: int) -> list[ApiKey]:
@@ -117,11 +125,12 @@ def update(engine: Engine, user_id: int, key_id: int, **values: object) -> bool:
 
 def cached_by_id(engine: Engine, key_id: int) -> ApiKey | None:
     """A key by id for queue workers, with the same 2-second bound on changes made elsewhere."""
-    found = _cache.get((id(engine), "id", key_id))
-    if found is None:
+    cache = caches.of(engine).keys
+    found = cache.get(("id", key_id))
+    if not isinstance(found, ApiKey):
         found = by_id(engine, key_id)
         if found is not None:
-            _cache.put((id(engine), "id", key_id), found)
+            cache.put(("id", key_id), found)
     return found
 
 

@@ -21,9 +21,9 @@ import logging
 import os
 from collections.abc import Callable
 
-from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 
+from gateway.errors import DatabaseTimeout
 from gateway.storage import database as db
 from gateway.storage import runs
 
@@ -31,8 +31,8 @@ logger = logging.getLogger(__name__)
 
 
 class Leases:
-    def __init__(self, engine: Engine, lease: dt.timedelta) -> None:
-        self.engine = engine
+    def __init__(self, database: db.Database, lease: dt.timedelta) -> None:
+        self.db = database
         self.lease = lease
         # The `worker_id` of direct calls run by this process (queued calls carry their worker's).
         self.owner = f"p-{os.getpid()}-{os.urandom(3).hex()}"
@@ -67,8 +67,8 @@ class Leases:
         this process's to write. A write the database refuses is retried; with `wait` false (a
         caller is waiting for its answer) the retrying goes on after this returns False."""
         try:
-            landed = write()
-        except DBAPIError:
+            landed = await self.db.run_unsettled(lambda _engine: write())
+        except (DBAPIError, DatabaseTimeout):
             pass  # retried below, which logs it
         else:
             self._drop(run_id)
@@ -83,9 +83,9 @@ class Leases:
     async def _retry(self, run_id: str, write: Callable[[], bool], what: str) -> bool:
         try:
             return self._landed(
-                await db.write_until_landed(write, patience=self.lease.total_seconds(), what=what), what
+                await db.write_until_landed(self.db, write, patience=self.lease.total_seconds(), what=what), what
             )
-        except DBAPIError as exc:
+        except (DBAPIError, DatabaseTimeout) as exc:
             logger.error("%s could not be written (%s): it is lost", what, type(exc).__name__)
         except asyncio.CancelledError:
             logger.error("%s was not written before the process stopped: it is lost", what)
@@ -113,7 +113,7 @@ class Leases:
                 by_owner.setdefault(owner, []).append(run_id)
             for owner, ids in by_owner.items():
                 try:
-                    runs.extend_leases(self.engine, owner, ids, self.lease)
+                    await self.db.run_unsettled(runs.extend_leases, owner, ids, self.lease)
                 except Exception as exc:
                     logger.warning("extending leases failed (%s); retrying", type(exc).__name__)
 

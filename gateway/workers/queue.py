@@ -22,7 +22,7 @@ from sqlalchemy.exc import DBAPIError
 from gateway.core import approvals, callbacks, views, waitpoints
 from gateway.core.execute import execute
 from gateway.core.runtime import Services
-from gateway.errors import GatewayError, Unauthorized
+from gateway.errors import DatabaseTimeout, GatewayError, Unauthorized
 from gateway.storage import keys, runs
 from gateway.storage.models import Run, utcnow
 from gateway.storage.runs import RunRecord
@@ -57,7 +57,7 @@ def _retry_safe(services: Services, run: Run) -> bool:
 async def sweeper(services: Services, every: float = 1.0) -> None:
     while True:
         try:
-            sweep(services)
+            await services.db.run(lambda _engine: sweep(services))
         except Exception:
             logger.exception("sweeping timed-out waitpoints and approvals failed; retrying")
         await asyncio.sleep(every)
@@ -74,6 +74,7 @@ class Worker:
         self.lease = services.leases.lease
         self.id = f"w-{os.getpid()}-{os.urandom(3).hex()}"
         self._wake = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._stop = asyncio.Event()
         self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
@@ -84,9 +85,15 @@ class Worker:
         self._unconfirmed: list[dt.datetime] = []
 
     def wake(self) -> None:
-        self._wake.set()
+        """Safe from any thread: a call queued by a dashboard action runs in a database thread."""
+        loop = self._loop
+        if loop is None or asyncio._get_running_loop() is loop:
+            self._wake.set()
+        else:
+            loop.call_soon_threadsafe(self._wake.set)
 
     async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         self._tasks = [asyncio.create_task(self._dispatch()), asyncio.create_task(self._housekeeping())]
 
     async def stop(self, grace: float = 10.0) -> None:
@@ -112,8 +119,12 @@ class Worker:
                 self._wake.clear()
                 now = utcnow()
                 try:
-                    claimed = runs.claim_many(self.services.engine, self.id, self.lease, free, now) if free else []
-                except DBAPIError:
+                    claimed = (
+                        await self.services.db.run_unsettled(runs.claim_many, self.id, self.lease, free, now)
+                        if free
+                        else []
+                    )
+                except (DBAPIError, DatabaseTimeout):
                     self._unconfirmed.append(now)  # committed or not: housekeeping finds out
                     raise
                 for run in claimed:
@@ -124,7 +135,7 @@ class Worker:
                     continue  # there may be more: the next claim finds out once a slot frees
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), IDLE_POLL)
-            except DBAPIError as exc:
+            except (DBAPIError, DatabaseTimeout) as exc:
                 logger.warning("the database is unreachable (%s); retrying", type(exc).__name__)
                 await asyncio.sleep(1.0)
             except Exception:
@@ -158,7 +169,7 @@ class Worker:
         )
         record.integration, record.endpoint = run.integration, run.endpoint
         try:
-            key = keys.cached_by_id(services.engine, run.api_key_id) if run.api_key_id else None
+            key = await services.db.run_unsettled(keys.cached_by_id, run.api_key_id) if run.api_key_id else None
             if key is None or key.revoked_at is not None:
                 error = Unauthorized("The API key that queued this call was revoked.")
                 record.error_code, record.error_message = error.code, error.message
@@ -169,7 +180,7 @@ class Worker:
                 request = runs.request_of(services.box, run)
                 with contextlib.suppress(GatewayError):
                     await execute(services, key, run.integration, run.endpoint, request.get("params", {}), record)
-        except DBAPIError as exc:
+        except (DBAPIError, DatabaseTimeout) as exc:
             # Before the call was sent (execute handles its own): it goes back to the head of its queue.
             logger.warning("queued call %s: the database failed (%s); queued again", run.id, type(exc).__name__)
             abandon = functools.partial(runs.abandon, services.engine, record)
@@ -182,7 +193,7 @@ class Worker:
     async def after(self, run: Run, finished: Run | None = None) -> None:
         """Callbacks and waitpoints for a finished run, off the queue's critical path."""
         if finished is None:
-            finished = runs.get_any(self.services.engine, run.id)
+            finished = await self.services.db.run(runs.get_any, run.id)
         if finished is None or finished.status not in runs.TERMINAL:
             return
         hooks = self.services.run_finished_hooks
@@ -192,7 +203,7 @@ class Worker:
             except Exception:
                 logger.exception("a run-finished hook failed for %s", run.id)
         if finished.callback_url and finished.api_key_id:
-            key = keys.by_id(self.services.engine, finished.api_key_id)
+            key = await self.services.db.run_unsettled(keys.by_id, finished.api_key_id)
             # A key narrowed since it queued the call is told nothing more about it.
             if key is not None and keys.sees(key, finished):
                 secret = callbacks.secret_for(self.services.settings, key)
@@ -206,16 +217,21 @@ class Worker:
     async def _housekeeping(self) -> None:
         while not self._stopping:
             try:
-                self.housekeep()
-            except DBAPIError as exc:
+                for run in await self.services.db.run(lambda _engine: self.housekeep()):
+                    task = asyncio.create_task(self.after(run))
+                    self._background.add(task)
+                    task.add_done_callback(self._background.discard)
+            except (DBAPIError, DatabaseTimeout) as exc:
                 logger.warning("queue housekeeping could not reach the database (%s); retrying", type(exc).__name__)
             except Exception:
                 logger.exception("queue housekeeping failed; retrying")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), HOUSEKEEPING_EVERY)
 
-    def housekeep(self) -> None:
+    def housekeep(self) -> list[Run]:
+        """One round, in a database thread; returns the runs it failed, for `after` on the loop."""
         services = self.services
+        failed: list[Run] = []
         if self._unconfirmed:
             if runs.unclaim(services.engine, self.id, self._unconfirmed):
                 logger.warning("queued calls claimed as the database failed went back to their queues")
@@ -229,10 +245,9 @@ class Worker:
             if runs.recover(services.engine, services.box, run, retry):
                 logger.warning("run %s lost its worker; %s", run.id, "queued again" if retry else "failed")
                 if not retry:
-                    task = asyncio.get_running_loop().create_task(self.after(run))
-                    self._background.add(task)
-                    task.add_done_callback(self._background.discard)
+                    failed.append(run)
         now = time.monotonic()
         if now - self._purged >= PURGE_EVERY:
             self._purged = now
             runs.purge(services.engine)
+        return failed
