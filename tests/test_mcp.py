@@ -467,3 +467,95 @@ def test_the_error_text_leads_with_what_to_fix() -> None:
     ]
     assert result.is_error
     assert result.structured_content["waitpoint"] == {"id": "waitpoint_1", "wait_url": "https://gw.example/w/1"}
+
+
+@MODES
+async def test_an_idempotency_key_in_meta_makes_a_repeat_answer_the_first_answer(
+    gateway: Gateway, account, provider, mode: str
+) -> None:
+    _, secret = account
+    issue = {"repo": "acme/webapp", "title": "Bug report"}
+    meta = {"gateway/idempotency_key": "issue-42"}
+    async with mcp_client(gateway, secret, mode) as client:
+        first = await client.call_tool("github_create_issue", issue, meta=meta)
+        again = await client.call_tool("github_create_issue", issue, meta=meta)
+        other = await client.call_tool("github_create_issue", {**issue, "title": "Another"}, meta=meta)
+
+    assert not first.is_error and first.structured_content["status"] == 201
+    assert again.structured_content == first.structured_content
+    assert len(provider.api_requests()) == 1
+    assert error_lines(other)["error"] == "idempotency_mismatch"
+    # The key is the API key's, whichever way in: the same call over /v1 gets the same answer.
+    replayed = gateway.http.post(
+        "/v1/github/create_issue",
+        json={"params": issue},
+        headers={"Authorization": f"Bearer {secret}", "Idempotency-Key": "issue-42"},
+    )
+    assert replayed.headers["idempotent-replayed"] == "true"
+    assert replayed.headers["x-run-id"] == first.structured_content["run_id"]
+    assert replayed.json() == {k: v for k, v in first.structured_content.items() if k != "run_id"}
+    assert len(provider.api_requests()) == 1
+
+
+async def test_a_repeated_key_replays_a_refused_call_as_the_same_error(gateway: Gateway, account, provider) -> None:
+    _, secret = account
+    meta = {"gateway/idempotency_key": "no-title"}
+    async with mcp_client(gateway, secret) as client:
+        first = await client.call_tool("github_create_issue", {"repo": "acme/webapp"}, meta=meta)
+        again = await client.call_tool("github_create_issue", {"repo": "acme/webapp"}, meta=meta)
+
+    assert error_lines(first)["error"] == "bad_request"
+    replayed = error_lines(again)
+    assert replayed["error"] == "bad_request" and replayed["next_step"] == error_lines(first)["next_step"]
+    assert again.structured_content["details"] == first.structured_content["details"]
+    assert again.structured_content["run_id"] == first.structured_content["run_id"]
+    assert provider.api_requests() == []
+
+
+async def test_a_tool_call_queued_in_meta_answers_at_once_and_runs_in_its_queue(
+    gateway: Gateway, account, provider
+) -> None:
+    user_id, secret = account
+    gateway.connect(user_id, provider, "fakeapi")
+    async with mcp_client(gateway, secret) as client:
+        queued = [
+            await client.call_tool("fakeapi_record", {"queue": "mcp", "seq": seq}, meta={"gateway/queue": "from-mcp"})
+            for seq in range(3)
+        ]
+
+    for result in queued:
+        assert not result.is_error, result
+        assert result.structured_content["status"] in ("pending", "running", "completed")
+        assert result.structured_content["queue_name"] == "from-mcp"
+        assert result.structured_content["run_id"] == result.structured_content["id"]
+    finished = [_finished(gateway, r.structured_content["id"]) for r in queued]
+    assert [(run.status, run.queue_name, run.user_id) for run in finished] == [("completed", "from-mcp", user_id)] * 3
+    assert [c[1] for c in provider.recorded] == [0, 1, 2]
+
+
+async def test_meta_options_are_checked_like_the_v1_body(gateway: Gateway, account, provider) -> None:
+    _, secret = account
+    issue = {"repo": "acme/webapp", "title": "Bug report"}
+    async with mcp_client(gateway, secret) as client:
+        unknown = await client.call_tool("github_create_issue", issue, meta={"gateway/priority": "high"})
+        bad_queue = await client.call_tool("github_create_issue", issue, meta={"gateway/queue": "a b"})
+        bad_key = await client.call_tool("github_create_issue", issue, meta={"gateway/idempotency_key": ""})
+        direct = await client.call_tool("github_create_issue", issue, meta={"gateway/expires": 60})
+
+    assert error_lines(unknown)["error"] == "bad_request"
+    assert unknown.structured_content["details"] == [
+        {"field": "_meta.gateway/priority", "message": "is not a known key"}
+    ]
+    for result in (bad_queue, bad_key, direct):
+        assert error_lines(result)["error"] == "bad_request"
+    assert provider.api_requests() == []
+
+
+def _finished(gateway: Gateway, run_id: str, timeout: float = 20) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        run = gateway.run(run_id)
+        if run.status in ("completed", "failed", "timeout", "cancelled"):
+            return run
+        time.sleep(0.05)
+    raise AssertionError(f"run {run_id} did not end")

@@ -227,3 +227,25 @@ def test_every_api_route_is_in_the_document(gateway: Gateway) -> None:
             expanded.add((method, path))
     documented = {(method, path) for path, item in document["paths"].items() for method in item}
     assert expanded - documented == set()
+
+
+def test_the_call_body_is_the_submission_models_schema(gateway: Gateway) -> None:
+    from gateway.core import callbacks
+    from gateway.core.submit import Submission
+
+    document = gateway.http.get("/openapi.json").json()
+    model = Submission.model_json_schema()
+    for endpoint in gateway.app.state.registry.endpoints():
+        call = document["paths"][f"/v1/{endpoint.integration.name}/{endpoint.name}"]["post"]
+        body = call["requestBody"]["content"]["application/json"]["schema"]
+        assert body == Submission.body_schema(
+            {"$ref": f"#/components/schemas/Params_{endpoint.tool_name}"},
+            params_required=bool(endpoint.params_schema["required"]),
+            callback_url_pattern=callbacks.url_pattern(gateway.settings),
+        )
+        assert call["requestBody"]["required"] == bool(endpoint.params_schema["required"])
+    # The options are the model's fields, as pydantic describes them.
+    assert body["properties"].keys() == model["properties"].keys()
+    for name in ("queue", "async", "expires"):
+        assert body["properties"][name] == {k: v for k, v in model["properties"][name].items() if k != "title"}
+    assert body["anyOf"] == model["anyOf"] and body["additionalProperties"] is False

@@ -28,25 +28,23 @@ from starlette.requests import Request
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from gateway.agents.results import call_result, error_result, tool_result
 from gateway.core import limits, links, tools, waitpoints
 from gateway.core.callers import api_key
 from gateway.core.connect import not_set_up
-from gateway.core.execute import CallResult, execute
 from gateway.core.runtime import Services
-from gateway.errors import BadRequest, GatewayError, IntegrationNotSetUp, NotFound, ServiceUnavailable
+from gateway.core.submit import Submission, submit
+from gateway.errors import BadRequest, GatewayError, NotFound, ServiceUnavailable
 from gateway.settings import Settings
 from gateway.specs.spec import CompiledEndpoint, Integration, Registry
 from gateway.storage import connections, keys
 from gateway.storage.models import ApiKey, Connection, utcnow
-from gateway.storage.runs import RunRecord
 
 WAIT_DEFAULT = 60
 WAIT_MAX = 300
 # Progress notifications while waiting keep the stream busy and reset clients' request timeouts.
 PROGRESS_EVERY = 5.0
 LOOPBACK = ("127.0.0.1", "localhost", "[::1]")
-# The order of the lines of an error's text; other fields follow.
-ERROR_LINES = ("error", "message", "action_url", "waitpoint", "next_step", "details", "status", "data", "retry_after")
 
 INSTRUCTIONS = """\
 Tools named <integration>_<endpoint> call the APIs this person connected, through their API key.
@@ -109,6 +107,28 @@ META_TOOLS = {
     )
 }
 META_VALIDATORS = {name: Draft202012Validator(tool.input_schema) for name, tool in META_TOOLS.items()}
+
+
+# A tool call's options ride in its request's `_meta` under this prefix (docs/agents.md): its
+# arguments are all the endpoint's params, and any name could be one.
+META_PREFIX = "gateway/"
+META_OPTIONS = frozenset(
+    {"idempotency_key", *(field.alias or name for name, field in Submission.model_fields.items())} - {"params"}
+)
+
+
+def submission_of(settings: Settings, arguments: dict[str, Any], meta: dict[str, Any] | None) -> Submission:
+    """A tool call as a submission: its arguments are the params, `_meta`'s `gateway/<option>` its options."""
+    options = {name.removeprefix(META_PREFIX): v for name, v in (meta or {}).items() if name.startswith(META_PREFIX)}
+    unknown = sorted(set(options) - META_OPTIONS)
+    if unknown:
+        raise BadRequest(
+            f"The call's _meta has {META_PREFIX} keys a tool call does not take.",
+            details=[{"field": f"_meta.{META_PREFIX}{name}", "message": "is not a known key"} for name in unknown],
+        )
+    key = options.pop("idempotency_key", None)
+    body = {"params": arguments, **options}
+    return Submission.of(body, settings, key, key_name=f"{META_PREFIX}idempotency_key")
 
 
 def transport_security(settings: Settings) -> TransportSecuritySettings:
@@ -219,19 +239,15 @@ class McpEndpoint:
                 return tool_result(await self.meta[params.name](caller, arguments, ctx))
             if endpoint is None:
                 raise NotFound(f"There is no tool named '{params.name}'. Call search_tools to find one.")
-            result = await execute(
-                caller.services, caller.key, endpoint.integration.name, endpoint.name, arguments, RunRecord.start()
-            )
+            submission = submission_of(caller.services.settings, arguments, params.meta)
+            result = await submit(caller.services, caller.key, endpoint.integration.name, endpoint.name, submission)
         except GatewayError as exc:
             integration = endpoint.integration.name if endpoint else arguments.get("integration")
             return error_result(exc, caller.request_id, integration if isinstance(integration, str) else None)
         return call_result(endpoint, result)
 
     def _integration(self, caller: Caller, name: str) -> Integration:
-        tools.check_integration(caller.services, caller.key, name)
-        found = caller.services.registry.get(name)
-        assert found is not None
-        return found
+        return tools.check_integration(caller.services, caller.key, name)
 
     def _connectable(self, caller: Caller, name: str) -> Integration:
         """An integration a person can connect: waiting for one nobody can connect would be in vain."""
@@ -343,65 +359,6 @@ def _validate(name: str, arguments: dict[str, Any]) -> None:
     ]
     if problems:
         raise BadRequest(f"The arguments do not match {name}.", details=problems)
-
-
-def next_step(code: str, integration: str | None) -> str | None:
-    """What an agent should do about an error, in a sentence."""
-    wait = f"call wait_for_connection with {json.dumps({'integration': integration})}"
-    steps = {
-        "integration_not_connected": f"Ask the person to open action_url to connect {integration}, then {wait} and retry.",
-        "token_expired": f"Ask the person to open action_url to reconnect {integration}, then {wait} and retry.",
-        "scope_not_allowed": "This API key may not use it; the person can allow it at action_url.",
-        "bad_request": "Fix the arguments listed in details and call again.",
-        "not_found": "Call search_tools or list_integrations to find the right name.",
-        "daily_limit_reached": "The day's calls are used up; the person can see usage at action_url.",
-        "approval_denied": "The person declined this call; do not repeat it unless they ask.",
-    }
-    if code in ("upstream_timeout", "upstream_unreachable", "token_refresh_unavailable", "service_unavailable"):
-        return "This is temporary; retry later."
-    if code in ("integration_not_connected", "token_expired") and not integration:
-        return "Ask the person to open action_url, then retry."
-    return steps.get(code)
-
-
-def _text(value: Any) -> str:
-    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-
-
-def tool_result(data: dict[str, Any], *, is_error: bool = False) -> types.CallToolResult:
-    """Structured content, and the same as text: JSON on success, 'field: value' lines on error."""
-    fields = {k: v for k, v in data.items() if v is not None} if is_error else data
-    if is_error:
-        order = [k for k in ERROR_LINES if k in fields] + [k for k in fields if k not in ERROR_LINES]
-        text = "\n".join(f"{k}: {_text(fields[k])}" for k in order)
-    else:
-        text = json.dumps(fields, ensure_ascii=False)
-    return types.CallToolResult(content=[types.TextContent(text=text)], structured_content=fields, is_error=is_error)
-
-
-def error_result(exc: GatewayError, request_id: str | None, integration: str | None) -> types.CallToolResult:
-    body = exc.body(request_id)
-    body["retry_after"] = exc.headers.get("Retry-After")
-    if isinstance(exc, IntegrationNotSetUp):
-        body["next_step"] = (
-            "Only the gateway's administrator can set this integration up: tell the person, and show them "
-            "action_url, which explains what to ask for. Waiting for a connection would not help."
-        )
-    else:
-        body["next_step"] = next_step(exc.code, integration)
-    body["run_id"] = exc.headers.get("X-Run-Id")
-    return tool_result(body, is_error=True)
-
-
-def call_result(endpoint: CompiledEndpoint, result: CallResult) -> types.CallToolResult:
-    """The /v1 call's body as the tool's result; an upstream failure is an error the agent can read."""
-    run_id = result.headers.get("X-Run-Id")
-    if result.http_status < 400:
-        return tool_result({**result.body, "run_id": run_id})
-    status = result.body.get("status")
-    message = result.body.get("upstream_error") or f"{endpoint.integration.display_name} answered HTTP {status}."
-    failed = {"error": "upstream_error", "message": message, "status": status, "data": result.body.get("data")}
-    return tool_result({**failed, "run_id": run_id}, is_error=True)
 
 
 def _version() -> str:

@@ -13,7 +13,9 @@ from typing import Any
 
 from gateway.api.openapi_routes import own_paths
 from gateway.api.openapi_schemas import JSON, SCHEMAS, answer, error_responses, ref
+from gateway.core import callbacks
 from gateway.core.runtime import Services
+from gateway.core.submit import Submission
 from gateway.specs.params import INT64_MAX, INT64_MIN
 from gateway.specs.spec import CompiledEndpoint, Integration, OAuth2Auth, Param
 from gateway.storage import runs
@@ -158,54 +160,12 @@ def params_name(endpoint: CompiledEndpoint) -> str:
 
 
 def call_body(services: Services, endpoint: CompiledEndpoint) -> dict[str, Any]:
-    """A call's body (api._options): direct, or queued with its options."""
-    params = ref(params_name(endpoint))
-    required = ["params"] if endpoint.params_schema["required"] else []
-    scheme = "https?" if services.settings.allow_http_upstreams else "https"
-    callback_url = {
-        "type": ["string", "null"],
-        "maxLength": 2000,
-        # A host name whose last label starts with a letter (every real top-level domain does): no
-        # address literal in any spelling (127.1, 2130706433, 0x7f.1), and no localhost.
-        "pattern": rf"^{scheme}://(?!(?:[A-Za-z0-9-]+\.)*localhost\.?(?:[:/?]|$))(?:[A-Za-z0-9-]+\.)*[A-Za-z][A-Za-z0-9-]*"
-        rf"(?::[0-9]{{1,5}})?(?:[/?][A-Za-z0-9._~!$&'()*+,;=:@/?-]*)?$",
-        "description": "Receives a signed POST of the finished run. A host name (an address literal only when "
-        "GATEWAY_EGRESS_ALLOW lists it), no credentials or fragment; the name is resolved and screened when the "
-        "callback is sent.",
-    }
-    direct = {
-        "type": "object",
-        "required": required,
-        "additionalProperties": False,
-        "properties": {
-            "params": params,
-            "async": {"const": False},
-            "queue": {"type": "null"},
-            "expires": {"type": "null"},
-            "callback_url": {"type": "null"},
-        },
-    }
-    queued = {
-        "type": "object",
-        "required": required,
-        "additionalProperties": False,
-        "properties": {
-            "params": params,
-            "queue": {"type": ["string", "null"], "pattern": runs.QUEUE_NAME.pattern},
-            "async": {"type": "boolean"},
-            "expires": {"type": ["integer", "null"], "minimum": 1, "maximum": runs.MAX_EXPIRES},
-            "callback_url": callback_url,
-        },
-        "anyOf": [
-            {"required": ["queue"], "properties": {"queue": {"type": "string"}}},
-            {"required": ["async"], "properties": {"async": {"const": True}}},
-        ],
-    }
-    return {
-        "description": "`params` alone calls at once; with `queue` (a name) or `async: true` the call is queued, "
-        "and `expires` (seconds the record is kept) and `callback_url` apply.",
-        "anyOf": [direct, queued],
-    }
+    """A call's body: the schema of core.submit.Submission, which reads every call's body."""
+    return Submission.body_schema(
+        ref(params_name(endpoint)),
+        params_required=bool(endpoint.params_schema["required"]),
+        callback_url_pattern=callbacks.url_pattern(services.settings),
+    )
 
 
 def call_responses() -> dict[str, Any]:
@@ -244,7 +204,7 @@ def call_operation(services: Services, endpoint: CompiledEndpoint) -> dict[str, 
         "parameters": [{"$ref": "#/components/parameters/IdempotencyKey"}],
         "requestBody": {
             # An empty body is a call without params.
-            "required": bool(body["anyOf"][0]["required"]),
+            "required": "required" in body,
             "content": {JSON: {"schema": body, "example": {"params": endpoint.example_params()}}},
         },
         "responses": {name[len("Call") :]: {"$ref": f"#/components/responses/{name}"} for name in CALL_RESPONSES},

@@ -50,8 +50,6 @@ def hold(
         kind="approval",
         integration=endpoint.integration.name,
     )
-    record.user_id, record.api_key_id = key.user_id, key.id
-    record.integration, record.endpoint = endpoint.integration.name, endpoint.name
     record.queue_name = record.queue_name or record.id
     expires_at = utcnow() + ttl
     if record.stored:  # an idempotent direct call already wrote its row

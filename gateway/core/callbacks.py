@@ -45,11 +45,26 @@ def sign(secret: str, body: bytes, timestamp: int | None = None) -> str:
     return f"t={t},v1={mac}"
 
 
+MAX_URL_LENGTH = 2000
+
+
+def url_pattern(settings: Settings) -> str:
+    """What check_url takes, as a regular expression for the API's documents (a little stricter: it
+    refuses every address literal, even one GATEWAY_EGRESS_ALLOW lists)."""
+    scheme = "https?" if settings.allow_http_upstreams else "https"
+    # A host name whose last label starts with a letter (every real top-level domain does): no
+    # address literal in any spelling (127.1, 2130706433, 0x7f.1), and no localhost.
+    return (
+        rf"^{scheme}://(?!(?:[A-Za-z0-9-]+\.)*localhost\.?(?:[:/?]|$))(?:[A-Za-z0-9-]+\.)*[A-Za-z][A-Za-z0-9-]*"
+        rf"(?::[0-9]{{1,5}})?(?:[/?][A-Za-z0-9._~!$&'()*+,;=:@/?-]*)?$"
+    )
+
+
 def check_url(settings: Settings, url: Any) -> str:
     """An early, clear 400 for what can never be delivered: not https (http only when plain-http
     upstreams are allowed), credentials or a fragment, a non-public address literal in any
     spelling, or localhost. Names are resolved and screened at delivery (gateway/upstream/egress.py)."""
-    if not isinstance(url, str) or len(url) > 2000:
+    if not isinstance(url, str) or len(url) > MAX_URL_LENGTH:
         raise BadRequest("'callback_url' must be a URL string.")
     try:
         # Parsed as the delivery will parse it.

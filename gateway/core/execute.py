@@ -16,14 +16,13 @@ from gateway.core import approvals, limits, links, waitpoints
 from gateway.core.connect import not_set_up
 from gateway.core.runtime import Services
 from gateway.core.tokens import is_expired
+from gateway.core.tools import resolve
 from gateway.errors import (
     BadRequest,
     GatewayError,
     IntegrationNotConnected,
     IntegrationNotSetUp,
     InternalError,
-    NotFound,
-    ScopeNotAllowed,
     ServiceUnavailable,
     TokenExpired,
     UpstreamTimeout,
@@ -56,20 +55,6 @@ class CallResult:
     http_status: int
     body: dict[str, Any]
     headers: dict[str, str]
-
-
-def resolve(services: Services, key: ApiKey, integration: str, endpoint: str) -> CompiledEndpoint:
-    found = services.registry.endpoint(integration, endpoint)
-    if found is None:
-        if services.registry.get(integration) is None:
-            raise NotFound(f"There is no integration named '{integration}'.")
-        raise NotFound(f"{integration} has no endpoint named '{endpoint}'.")
-    if not keys.allows(key, integration):
-        raise ScopeNotAllowed(
-            f"This API key may not use {found.integration.display_name}.",
-            action_url=links.api_key(services.settings, key.id or 0),
-        )
-    return found
 
 
 def load_connection(services: Services, key: ApiKey, endpoint: CompiledEndpoint) -> Connection:
@@ -213,37 +198,48 @@ def _response_headers(upstream_headers: dict[str, str]) -> dict[str, str]:
     return renamed
 
 
-async def execute(
-    services: Services, key: ApiKey, integration: str, endpoint_name: str, params: Any, record: RunRecord
-) -> CallResult:
-    """The whole call, recorded as a run whatever happens; the run id goes in X-Run-Id.
+async def admit(
+    services: Services,
+    key: ApiKey,
+    endpoint: CompiledEndpoint,
+    params: dict[str, Any],
+    record: RunRecord,
+    **queued: Any,
+) -> tuple[limits.Usage, dict[str, Any] | None]:
+    """What a new call must pass before it runs or is queued, however it arrived: the day's limit
+    counts it, and a key that needs the person's approval holds it (the second value is then what the
+    caller gets back, and the run waits for the decision)."""
+    usage = await limits.reserve(
+        services.batcher, services.settings, key, services.plans.for_user(services.engine, key.user_id)
+    )
+    if approvals.needed(key, endpoint):
+        return usage, approvals.hold(services, key, endpoint, params, record, **queued)
+    return usage, None
 
-    Every path that calls an upstream (the /v1 route, queue workers, MCP tools)
-    comes through here, so limits, refresh-and-retry and history are the same for all.
+
+async def execute(services: Services, key: ApiKey, record: RunRecord, params: Any) -> CallResult:
+    """Runs the call `record` names and records it as a run whatever happens; the run id goes in X-Run-Id.
+
+    A direct call (core.submit) and a queued one a worker claimed both run here, so the pipeline,
+    refresh-and-retry and history are the same for all; a direct call is also admitted here (limits,
+    approval), so that a call turned away is recorded like any other.
     """
-    record.user_id, record.api_key_id = key.user_id, key.id
-    record.integration, record.endpoint = integration, endpoint_name
     services.batcher.calls += 1
     try:
-        return await _execute(services, key, integration, endpoint_name, params, record)
+        return await _execute(services, key, record, params)
     finally:
         services.batcher.calls -= 1
 
 
-async def _execute(
-    services: Services, key: ApiKey, integration: str, endpoint_name: str, params: Any, record: RunRecord
-) -> CallResult:
+async def _execute(services: Services, key: ApiKey, record: RunRecord, params: Any) -> CallResult:
     usage: limits.Usage | None = None
     try:
-        endpoint = resolve(services, key, integration, endpoint_name)
+        endpoint = resolve(services, key, record.integration, record.endpoint)
         validated = validate_params(endpoint, params)
         if not record.from_queue:
-            # Queued calls were counted when they were accepted.
-            usage = await limits.reserve(
-                services.batcher, services.settings, key, services.plans.for_user(services.engine, key.user_id)
-            )
-            if approvals.needed(key, endpoint):
-                held = approvals.hold(services, key, endpoint, validated, record)
+            # Queued calls were admitted when they were accepted.
+            usage, held = await admit(services, key, endpoint, validated, record)
+            if held is not None:
                 return CallResult(http_status=202, body=held, headers={"X-Run-Id": record.id, **usage.headers()})
         result = await call(services, key, endpoint, validated, record)
     except GatewayError as exc:
@@ -257,7 +253,7 @@ async def _execute(
         if isinstance(exc, (IntegrationNotConnected, TokenExpired)) and not isinstance(exc, IntegrationNotSetUp):
             # Something an agent can wait on while its person fixes the connection.
             try:
-                waitpoint = waitpoints.connection_waitpoint(services.engine, key.user_id, integration)
+                waitpoint = waitpoints.connection_waitpoint(services.engine, key.user_id, record.integration)
                 exc.extra["waitpoint"] = waitpoints.reference(services, waitpoint)
             except DBAPIError as db_error:
                 logger.warning("call %s: no connection waitpoint (%s)", record.id, type(db_error).__name__)

@@ -15,7 +15,7 @@ from typing import Any
 from gateway.core import links
 from gateway.core.runtime import Services
 from gateway.errors import NotFound, ScopeNotAllowed
-from gateway.specs.spec import CompiledEndpoint, Registry
+from gateway.specs.spec import CompiledEndpoint, Integration, Registry
 from gateway.storage import keys
 from gateway.storage.models import ApiKey
 
@@ -97,12 +97,29 @@ def allowed(registry: Registry, key: ApiKey, integration: str | None = None) -> 
     ]
 
 
-def check_integration(services: Services, key: ApiKey, name: str) -> None:
-    """Raises the error a caller gets for an integration that does not exist or that the key may not use."""
+def check_integration(services: Services, key: ApiKey, name: str) -> Integration:
+    """The integration, or the error a caller gets for one that does not exist or that the key may not use."""
     integration = services.registry.get(name)
     if integration is None:
         raise NotFound(f"There is no integration named '{name}'.")
-    if not keys.allows(key, name):
+    _check_scope(services, key, integration)
+    return integration
+
+
+def resolve(services: Services, key: ApiKey, integration: str, endpoint: str) -> CompiledEndpoint:
+    """The endpoint a call names, or the error a caller gets for one that does not exist or that the
+    key may not use."""
+    found = services.registry.endpoint(integration, endpoint)
+    if found is None:
+        if services.registry.get(integration) is None:
+            raise NotFound(f"There is no integration named '{integration}'.")
+        raise NotFound(f"{integration} has no endpoint named '{endpoint}'.")
+    _check_scope(services, key, found.integration)
+    return found
+
+
+def _check_scope(services: Services, key: ApiKey, integration: Integration) -> None:
+    if not keys.allows(key, integration.name):
         raise ScopeNotAllowed(
             f"This API key may not use {integration.display_name}.",
             action_url=links.api_key(services.settings, key.id or 0),

@@ -67,6 +67,30 @@ class RunRecord:
     def start(cls) -> RunRecord:
         return cls(id=new_id("run"))
 
+    @classmethod
+    def for_call(cls, key: ApiKey, integration: str, endpoint: str) -> RunRecord:
+        """A new call's record: whose it is and what it calls, however it arrived."""
+        return cls(id=new_id("run"), user_id=key.user_id, api_key_id=key.id, integration=integration, endpoint=endpoint)
+
+    @classmethod
+    def claimed(cls, run: Run, worker_id: str) -> RunRecord:
+        """A queued call a worker claimed: its row exists, its result is kept, and its limits and
+        approval were settled when it was queued."""
+        return cls(
+            id=run.id,
+            user_id=run.user_id,
+            api_key_id=run.api_key_id,
+            integration=run.integration,
+            endpoint=run.endpoint,
+            queue_name=run.queue_name,
+            worker_id=worker_id,
+            attempts=run.attempts,
+            started_at=run.started_at or run.created_at,
+            stored=True,
+            keep_result=True,
+            from_queue=True,
+        )
+
     def finish(self, status: str, http_status: int) -> None:
         self.status = status
         self.http_status = http_status

@@ -155,19 +155,7 @@ class Worker:
 
     async def process(self, run: Run) -> None:
         services = self.services
-        record = RunRecord(
-            id=run.id,
-            user_id=run.user_id,
-            api_key_id=run.api_key_id,
-            queue_name=run.queue_name,
-            worker_id=self.id,
-            attempts=run.attempts,
-            started_at=run.started_at or run.created_at,
-            stored=True,
-            keep_result=True,
-            from_queue=True,
-        )
-        record.integration, record.endpoint = run.integration, run.endpoint
+        record = RunRecord.claimed(run, self.id)
         try:
             key = await services.db.run_unsettled(keys.cached_by_id, run.api_key_id) if run.api_key_id else None
             if key is None or key.revoked_at is not None:
@@ -179,7 +167,7 @@ class Worker:
             else:
                 request = runs.request_of(services.box, run)
                 with contextlib.suppress(GatewayError):
-                    await execute(services, key, run.integration, run.endpoint, request.get("params", {}), record)
+                    await execute(services, key, record, request.get("params", {}))
         except (DBAPIError, DatabaseTimeout) as exc:
             # Before the call was sent (execute handles its own): it goes back to the head of its queue.
             logger.warning("queued call %s: the database failed (%s); queued again", run.id, type(exc).__name__)
