@@ -50,6 +50,14 @@ class RequestIdMiddleware:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # What runs from here is the gateway's own work, which must keep database calls off the loop.
+        serving = db.serving.set(True)
+        try:
+            await self._call(scope, receive, send)
+        finally:
+            db.serving.reset(serving)
+
+    async def _call(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -172,6 +180,7 @@ def create_app(settings: Settings, registry: specs.Registry | None = None) -> St
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        db.serving.set(True)  # the tasks started here (workers, sweepers) inherit it
         if settings.migrate_on_start:
             await asyncio.to_thread(db.upgrade, engine)
         async with clients(settings) as upstream:
@@ -185,8 +194,8 @@ def create_app(settings: Settings, registry: specs.Registry | None = None) -> St
                 worker = Worker(services, settings.worker_concurrency)
                 services.notify_queue = worker.wake
                 await worker.start()
-            # Start-up leaves ~200,000 long-lived objects; without freezing them the cyclic
-            # GC walks them all, pausing requests for ~120 ms (measured by bench.hotspots).
+            # Start-up leaves a few hundred thousand long-lived objects; without freezing them the
+            # cyclic GC walks them all, pausing requests (docs/benchmarks.md).
             gc.collect()
             gc.freeze()
             try:

@@ -266,4 +266,4 @@ def public_gateway(database_url: str, provider: ProviderState) -> Iterator[Gatew
 
 def pytest_configure(config: pytest.Config) -> None:
     # Database work on a thread that runs an event loop fails the test instead of logging a warning.
-    database.ON_LOOP = "warn"  # "raise" once the call path is converted
+    database.ON_LOOP = "raise"

@@ -139,7 +139,7 @@ def test_plans_file_and_cli(tmp_path, monkeypatch, capsys) -> None:
 
 
 def test_plan_cache_is_short_lived() -> None:
-    book = PlanBook(load(None), "free", ttl=0)
+    book = PlanBook(load(None), "free")
     assert book.get("missing").name == "free"
 
 

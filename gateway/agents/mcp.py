@@ -261,7 +261,9 @@ class McpEndpoint:
         self, caller: Caller, arguments: dict[str, Any], ctx: ServerRequestContext[Any, Any]
     ) -> dict[str, Any]:
         services = caller.services
-        held = {c.integration: c for c in connections.list_for_user(services.engine, caller.key.user_id)}
+        held = {
+            c.integration: c for c in await services.db.run_unsettled(connections.list_for_user, caller.key.user_id)
+        }
         listed = [
             connection_view(services.settings, integration, held.get(integration.name))
             for integration in services.registry
@@ -273,10 +275,10 @@ class McpEndpoint:
         self, caller: Caller, arguments: dict[str, Any], ctx: ServerRequestContext[Any, Any]
     ) -> dict[str, Any]:
         services, integration = caller.services, self._connectable(caller, arguments["integration"])
-        connection = self._connection(caller, integration)
+        connection = await self._connection(caller, integration)
         # One more connection than the plan allows is refused here too, not only in the dashboard.
-        plan = services.plans.for_user(services.engine, caller.key.user_id)
-        limits.ensure_can_connect(services.engine, services.settings, plan, caller.key.user_id, integration.name)
+        plan = await services.plans.of(services.db, caller.key.user_id)
+        await services.db.run(limits.ensure_can_connect, services.settings, plan, caller.key.user_id, integration.name)
         described = connection_view(services.settings, integration, connection)
         described["action_url"] = links.integration(
             services.settings, integration.name, reconnect=connection is not None
@@ -301,10 +303,10 @@ class McpEndpoint:
             if await waitpoints.wait_for_connection(services.db, user_id, integration.name, step, since=since):
                 return {
                     "completed": True,
-                    **connection_view(services.settings, integration, self._connection(caller, integration)),
+                    **connection_view(services.settings, integration, await self._connection(caller, integration)),
                 }
             await ctx.session.report_progress(time.monotonic() - started, timeout, message)
-        current = self._connection(caller, integration)
+        current = await self._connection(caller, integration)
         waited = {
             "completed": False,
             "waited_seconds": timeout,
@@ -316,8 +318,8 @@ class McpEndpoint:
             waited["next_step"] = "Ask the person to open action_url, then call wait_for_connection again."
         return waited
 
-    def _connection(self, caller: Caller, integration: Integration) -> Connection | None:
-        return connections.get(caller.services.engine, caller.key.user_id, integration.name)
+    async def _connection(self, caller: Caller, integration: Integration) -> Connection | None:
+        return await caller.services.db.run_unsettled(connections.get, caller.key.user_id, integration.name)
 
     async def _search_tools(
         self, caller: Caller, arguments: dict[str, Any], ctx: ServerRequestContext[Any, Any]

@@ -175,4 +175,4 @@ def expire_due(services: Services) -> list[Run]:
 async def complete_waitpoint(services: Services, run: Run) -> None:
     """A run-finished hook: a held call's waitpoint gets the call's final body."""
     if run.waitpoint_id and run.status in runs.TERMINAL:
-        waitpoints.complete(services.engine, run.waitpoint_id, runs.result_of(services.box, run))
+        await services.db.run_unsettled(waitpoints.complete, run.waitpoint_id, runs.result_of(services.box, run))

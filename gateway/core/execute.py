@@ -19,6 +19,7 @@ from gateway.core.tokens import is_expired
 from gateway.core.tools import resolve
 from gateway.errors import (
     BadRequest,
+    DatabaseTimeout,
     GatewayError,
     IntegrationNotConnected,
     IntegrationNotSetUp,
@@ -57,9 +58,11 @@ class CallResult:
     headers: dict[str, str]
 
 
-def load_connection(services: Services, key: ApiKey, endpoint: CompiledEndpoint) -> Connection:
+async def load_connection(services: Services, key: ApiKey, endpoint: CompiledEndpoint) -> Connection:
     integration = endpoint.integration
-    connection = connections.cached(services.engine, key.user_id, integration.name)
+    connection = connections.in_cache(
+        services.engine, key.user_id, integration.name
+    ) or await services.db.run_unsettled(connections.cached, key.user_id, integration.name)
     if connection is None:
         unavailable = not_set_up(services.settings, integration)
         if unavailable is not None:
@@ -120,7 +123,7 @@ async def call(
 ) -> CallResult:
     """Runs one validated call. Raises GatewayError for what the gateway itself answers."""
     integration = endpoint.integration
-    connection = load_connection(services, key, endpoint)
+    connection = await load_connection(services, key, endpoint)
     oauth = isinstance(integration.spec.auth, OAuth2Auth)
     if oauth and is_expired(connection) and connection.refresh_token:
         connection = await services.tokens.refresh(integration, connection)
@@ -148,7 +151,7 @@ async def call(
         response = await _send(services, endpoint, params, connection, record)
         record.upstream_status = response.status
     if not oauth:
-        _track_refusal(services, connection, response.status, response.data)
+        await _track_refusal(services, connection, response.status, response.data)
     if response.status >= 400:
         record.error_message = upstream.error_message(response.data, services.tokens.access_token(connection))
 
@@ -174,17 +177,17 @@ async def call(
 REFUSAL_MARKED_FOR = dt.timedelta(minutes=1)
 
 
-def _track_refusal(services: Services, connection: Connection, status: int, data: Any) -> None:
+async def _track_refusal(services: Services, connection: Connection, status: int, data: Any) -> None:
     """A pasted key its upstream refuses (401) shows that on its integration's page, until a call
     succeeds again. Best effort: the caller gets the upstream's answer whatever happens here."""
     marked = connection.last_error_at
     try:
         if status == 401 and (marked is None or utcnow() - marked > REFUSAL_MARKED_FOR):
             reason = upstream.error_message(data, services.tokens.access_token(connection))
-            connections.record_error(services.engine, connection, f"401 {reason}" if reason else "401")
+            await services.db.run_unsettled(connections.record_error, connection, f"401 {reason}" if reason else "401")
         elif status < 400 and marked is not None:
-            connections.clear_error(services.engine, connection)
-    except DBAPIError:
+            await services.db.run_unsettled(connections.clear_error, connection)
+    except (DBAPIError, DatabaseTimeout):
         logger.warning("could not record the upstream's answer %s on connection %s", status, connection.id)
 
 
@@ -209,11 +212,13 @@ async def admit(
     """What a new call must pass before it runs or is queued, however it arrived: the day's limit
     counts it, and a key that needs the person's approval holds it (the second value is then what the
     caller gets back, and the run waits for the decision)."""
-    usage = await limits.reserve(
-        services.batcher, services.settings, key, services.plans.for_user(services.engine, key.user_id)
-    )
+    plan = await services.plans.of(services.db, key.user_id)
+    usage = await limits.reserve(services.batcher, services.settings, key, plan)
     if approvals.needed(key, endpoint):
-        return usage, approvals.hold(services, key, endpoint, params, record, **queued)
+        held = await services.db.run_unsettled(
+            lambda _engine: approvals.hold(services, key, endpoint, params, record, **queued)
+        )
+        return usage, held
     return usage, None
 
 
@@ -242,28 +247,8 @@ async def _execute(services: Services, key: ApiKey, record: RunRecord, params: A
             if held is not None:
                 return CallResult(http_status=202, body=held, headers={"X-Run-Id": record.id, **usage.headers()})
         result = await call(services, key, endpoint, validated, record)
-    except GatewayError as exc:
-        if usage is not None:
-            if record.attempts == 0:
-                # The gateway turned the call away before the upstream saw it: it does not count.
-                limits.refund(services.batcher, key)
-                usage.remaining = None if usage.remaining is None else usage.remaining + 1
-            for name, value in usage.headers().items():
-                exc.headers.setdefault(name, value)
-        if isinstance(exc, (IntegrationNotConnected, TokenExpired)) and not isinstance(exc, IntegrationNotSetUp):
-            # Something an agent can wait on while its person fixes the connection.
-            try:
-                waitpoint = waitpoints.connection_waitpoint(services.engine, key.user_id, record.integration)
-                exc.extra["waitpoint"] = waitpoints.reference(services, waitpoint)
-            except DBAPIError as db_error:
-                logger.warning("call %s: no connection waitpoint (%s)", record.id, type(db_error).__name__)
-        record.error_code, record.error_message = exc.code, exc.message[:500]
-        record.finish("timeout" if isinstance(exc, UpstreamTimeout) else "failed", exc.status)
-        await _save(services, key, record, exc.body(None))
-        exc.headers.setdefault("X-Run-Id", record.id)
-        raise
-    except DBAPIError:
-        logger.exception("call %s: the database failed", record.id)
+    except (DBAPIError, DatabaseTimeout) as exc:
+        logger.error("call %s: the database failed (%s)", record.id, type(exc).__name__)
         _count(services, record, "service_unavailable")
         if record.stored:
             # The upstream has not acted (a 401 at most): free the key, or requeue the call.
@@ -277,6 +262,28 @@ async def _execute(services: Services, key: ApiKey, record: RunRecord, params: A
             "The gateway's database is unreachable; nothing was recorded. Retry shortly.",
             headers={"Retry-After": "5", "X-Run-Id": record.id},
         ) from None
+    except GatewayError as exc:
+        if usage is not None:
+            if record.attempts == 0:
+                # The gateway turned the call away before the upstream saw it: it does not count.
+                limits.refund(services.batcher, key)
+                usage.remaining = None if usage.remaining is None else usage.remaining + 1
+            for name, value in usage.headers().items():
+                exc.headers.setdefault(name, value)
+        if isinstance(exc, (IntegrationNotConnected, TokenExpired)) and not isinstance(exc, IntegrationNotSetUp):
+            # Something an agent can wait on while its person fixes the connection.
+            try:
+                waitpoint = await services.db.run_unsettled(
+                    waitpoints.connection_waitpoint, key.user_id, record.integration
+                )
+                exc.extra["waitpoint"] = waitpoints.reference(services, waitpoint)
+            except (DBAPIError, DatabaseTimeout) as db_error:
+                logger.warning("call %s: no connection waitpoint (%s)", record.id, type(db_error).__name__)
+        record.error_code, record.error_message = exc.code, exc.message[:500]
+        record.finish("timeout" if isinstance(exc, UpstreamTimeout) else "failed", exc.status)
+        await _save(services, key, record, exc.body(None))
+        exc.headers.setdefault("X-Run-Id", record.id)
+        raise
     except Exception:
         logger.exception("call %s failed inside the gateway", record.id)
         record.error_code, record.error_message = "internal_error", "internal error"
@@ -311,8 +318,10 @@ async def _save(services: Services, key: ApiKey, record: RunRecord, body: dict[s
         await services.leases.finish(record.id, write, f"the result of {record.summary()}", wait=record.from_queue)
     else:
         runs.save_direct(services.batcher, services.box, record, body)
-    with contextlib.suppress(DBAPIError):  # when a key was last used must never fail its answer
-        keys.touch(services.engine, key.id or 0)
+    if keys.touch_due(services.engine, key.id or 0):
+        # When a key was last used must never fail its answer.
+        with contextlib.suppress(DBAPIError, DatabaseTimeout):
+            await services.db.run_unsettled(keys.touch, key.id or 0)
 
 
 async def try_key(

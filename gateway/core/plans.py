@@ -10,15 +10,19 @@ Built-in plans can be replaced or extended by a YAML file (GATEWAY_PLANS_FILE):
 from __future__ import annotations
 
 import dataclasses
-import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
+from gateway.storage.caches import Cache
 from gateway.storage.models import User
+
+if TYPE_CHECKING:
+    from gateway.storage.database import Database
 
 
 class Plan(BaseModel):
@@ -64,8 +68,8 @@ class PlanBook:
 
     plans: dict[str, Plan]
     default: str
-    ttl: float = 5.0
-    _cache: dict[int, tuple[float, str]] = dataclasses.field(default_factory=dict)
+    # Each person's plan name, by user id: bounded, least recently used out first.
+    _cache: Cache[str] = dataclasses.field(default_factory=lambda: Cache(5.0))
 
     def get(self, name: str) -> Plan:
         """The plan whose limits apply to `name`: a name the book lacks gets the default plan's."""
@@ -75,14 +79,17 @@ class PlanBook:
         return name in self.plans
 
     def for_user(self, engine: Engine, user_id: int) -> Plan:
-        now = time.monotonic()
-        cached = self._cache.get(user_id)
-        if cached is None or cached[0] < now:
+        name = self._cache.get(user_id)
+        if name is None:
             with engine.connect() as c:
                 name = c.execute(select(User.plan).where(User.id == user_id)).scalar_one_or_none() or self.default
-            self._cache[user_id] = (now + self.ttl, name)
-            cached = self._cache[user_id]
-        return self.get(cached[1])
+            self._cache.put(user_id, name)
+        return self.get(name)
+
+    async def of(self, database: Database, user_id: int) -> Plan:
+        """`for_user` from the event loop: the database only on a cache miss, in a database thread."""
+        name = self._cache.get(user_id)
+        return self.get(name) if name is not None else await database.run_unsettled(self.for_user, user_id)
 
     def forget(self, user_id: int) -> None:
-        self._cache.pop(user_id, None)
+        self._cache.drop(user_id)

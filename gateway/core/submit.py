@@ -22,6 +22,7 @@ from datetime import timedelta
 from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
 from gateway.core import callbacks, limits
@@ -192,9 +193,9 @@ async def submit(
         idempotency = Idempotency(submission.idempotency_key, submission.fingerprint(integration, endpoint))
         # A key narrowed since its first call must not get that call's answer back.
         resolve(services, key, integration, endpoint)
-        existing = runs.by_idempotency_key(services.engine, key.id or 0, idempotency.key)
+        existing = await services.db.run(runs.by_idempotency_key, key.id or 0, idempotency.key)
         if existing is not None:
-            return _replay(services, key, existing, idempotency.fingerprint)
+            return await _replay(services, key, existing, idempotency.fingerprint)
 
     record = RunRecord.for_call(key, integration, endpoint)
     try:
@@ -204,8 +205,8 @@ async def submit(
             # The row exists from the start, so a repeat during the call sees it (409); its lease,
             # extended while this process runs the call, lets a repeat recover the key if it dies.
             record.worker_id = services.leases.owner
-            runs.create_started(
-                services.engine,
+            await services.db.run_unsettled(
+                runs.create_started,
                 record,
                 idempotency_key=idempotency.key,
                 request_hash=idempotency.fingerprint,
@@ -216,10 +217,10 @@ async def submit(
         # Another call with the same key got there first.
         if idempotency is None:
             raise
-        existing = runs.by_idempotency_key(services.engine, key.id or 0, idempotency.key)
+        existing = await services.db.run(runs.by_idempotency_key, key.id or 0, idempotency.key)
         if existing is None:
             raise
-        return _replay(services, key, existing, idempotency.fingerprint)
+        return await _replay(services, key, existing, idempotency.fingerprint)
     if not record.stored:
         return await execute(services, key, record, submission.params)
     services.leases.hold(record.id, services.leases.owner)
@@ -245,29 +246,36 @@ async def _enqueue(
     usage, held = await admit(services, key, endpoint, params, record, **queued)
     if held is not None:
         return CallResult(http_status=202, body=held, headers={"X-Run-Id": record.id, **usage.headers()})
+
+    def store(engine: Engine) -> tuple[Run, int]:
+        runs.create_pending(engine, services.box, record=record, params=params, **queued)
+        run = runs.get(engine, record.id, key.user_id)
+        assert run is not None
+        return run, _in_queue(engine, key, run)
+
     try:
-        runs.create_pending(services.engine, services.box, record=record, params=params, **queued)
+        run, in_queue = await services.db.run_unsettled(store)
     except Exception:
         limits.refund(services.batcher, key)
         raise
     services.notify_queue()
-    run = runs.get(services.engine, record.id, key.user_id)
-    assert run is not None
-    return _queued(services, key, run, usage.headers())
+    return _queued(run, in_queue, usage.headers())
 
 
-def _queued(services: Services, key: ApiKey, run: Run, headers: dict[str, str] | None = None) -> CallResult:
-    queue_name = run.queue_name or run.id
-    in_queue = runs.in_queue(services.engine, key, queue_name, up_to=run.id)
-    body = {"id": run.id, "status": run.status, "queue_name": queue_name, "in_queue": in_queue}
+def _in_queue(engine: Engine, key: ApiKey, run: Run) -> int:
+    return runs.in_queue(engine, key, run.queue_name or run.id, up_to=run.id)
+
+
+def _queued(run: Run, in_queue: int, headers: dict[str, str] | None = None) -> CallResult:
+    body = {"id": run.id, "status": run.status, "queue_name": run.queue_name or run.id, "in_queue": in_queue}
     return CallResult(http_status=202, body=body, headers={"X-Run-Id": run.id, **(headers or {})})
 
 
-def _replay(services: Services, key: ApiKey, run: Run, fingerprint: str) -> CallResult:
+async def _replay(services: Services, key: ApiKey, run: Run, fingerprint: str) -> CallResult:
     if run.request_hash != fingerprint:
         raise IdempotencyMismatch("This Idempotency-Key was already used with a different request.")
     if run.request is not None:  # a queued submission: its first answer was the 202
-        result = _queued(services, key, run)
+        result = _queued(run, await services.db.run(_in_queue, key, run))
     elif run.status not in runs.TERMINAL:
         raise IdempotencyInProgress(
             "A call with this Idempotency-Key is still running.", headers={"Retry-After": "1", "X-Run-Id": run.id}

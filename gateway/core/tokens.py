@@ -63,7 +63,7 @@ class TokenStore:
         self.client = client
         self.owner = f"{os.getpid()}-{os.urandom(4).hex()}"
         self._locks: dict[int, asyncio.Lock] = {}
-        # Every call needs its token in clear; decrypting costs ~20 µs, so each ciphertext is
+        # Every call needs its token in clear and decrypting is not free, so each ciphertext is
         # decrypted once per connection-cache lifetime. A refreshed token is a new ciphertext.
         self._clear: Cache[str] = Cache()
         # Refreshes this process sent, by connection id, until they are stored (or failed).

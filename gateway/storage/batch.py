@@ -45,7 +45,7 @@ T = TypeVar("T")
 
 Subjects = list[tuple[str, int | None]]
 # Columns only queued and held calls fill (runs.create_pending). A direct call's row leaves them
-# NULL, and an INSERT naming 19 columns instead of 28 costs ~8 µs less per row on SQLite (bench).
+# NULL, and an INSERT naming only the others is measurably cheaper per row on SQLite (docs/benchmarks.md).
 QUEUED_ONLY = frozenset(
     {
         "request",
@@ -60,7 +60,7 @@ QUEUED_ONLY = frozenset(
     }
 )
 # How long a count waits for other calls in flight to join its commit. Without it, under load
-# each flush held about one write (bench: 2 commits a call); with it, about twenty. uvloop's
+# each flush held about one write; with it, many (docs/benchmarks.md). uvloop's
 # timers count whole milliseconds (a delay under 0.5 ms is the next turn of the loop).
 GROUP_DELAY = 0.001
 # How long a run row or refund may wait for a commit: they ride along with the next count's
@@ -82,9 +82,9 @@ def _aware_utc_text(value: dt.datetime) -> str:
 
 
 def _faster_datetime(process: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    """SQLite stores datetimes as text, which SQLAlchemy's processors write in ~3 µs each, three
-    per row. isoformat writes the same text in a fifth of that: used only if, for a probe, it
-    writes exactly what SQLAlchemy writes."""
+    """SQLite stores datetimes as text, three per row, and SQLAlchemy's processors are slow to write
+    it; isoformat writes the same text several times faster (docs/benchmarks.md): used only if,
+    for a probe, it writes exactly what SQLAlchemy writes."""
     probe = dt.datetime(2026, 1, 2, 3, 4, 5, 60, tzinfo=dt.timezone(dt.timedelta(hours=2)))
     return _aware_utc_text if process(probe) == _aware_utc_text(probe) else process
 

@@ -51,10 +51,16 @@ class Cache(Generic[V]):
             return len(self._data)
 
 
+# A key's last use is written at most this often per process.
+TOUCH_SECONDS = 60.0
+
+
 class Caches:
     def __init__(self) -> None:
         self.keys: Cache[object] = Cache()
         self.connections: Cache[object] = Cache()
+        # Keys whose last use was written recently: their next use writes nothing.
+        self.touched: Cache[bool] = Cache(TOUCH_SECONDS)
 
 
 # The caches of each engine, dropped with it. Keyed by the engine itself, never by id(): a new

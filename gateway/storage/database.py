@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import logging
 import time
@@ -17,7 +18,8 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, event, text
-from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.engine import Connection as SqlConnection
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlmodel import Session
 from tenacity import (
@@ -54,8 +56,8 @@ THREADS = 16
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
     cursor = dbapi_connection.cursor()
-    # WAL + synchronous=NORMAL commits a row in ~15 µs; the default journal takes
-    # ~650 µs and blocks the event loop (measured on this machine).
+    # WAL + synchronous=NORMAL commits a row tens of times faster than the default journal
+    # (docs/benchmarks.md).
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
@@ -104,10 +106,13 @@ def make_engine(database_url: str, timeout: float = DEFAULT_TIMEOUT) -> Engine:
 # (once per place), "raise" fails it (the test suite sets it, so a missed place fails a test).
 ON_LOOP = "warn"
 _warned: set[str] = set()
+# Set by the app for its requests and background tasks: the checks below concern the gateway's own
+# work, not a test or a command that shares the thread.
+serving: contextvars.ContextVar[bool] = contextvars.ContextVar("serving", default=False)
 
 
 def _not_on_the_event_loop(dbapi_connection, record, proxy) -> None:  # type: ignore[no-untyped-def]
-    if asyncio._get_running_loop() is None:
+    if asyncio._get_running_loop() is None or not serving.get():
         return
     if ON_LOOP == "raise":
         raise RuntimeError("database work on the event loop: go through Database.run")
@@ -169,7 +174,7 @@ class Database:
 
 
 # Pessimistic disconnect handling (SQLAlchemy's recipe), but only for a connection that sat idle:
-# pool_pre_ping's round trip on every checkout was a tenth of a queue worker's time (bench).
+# pool_pre_ping's round trip on every checkout was a large share of a queue worker's time (docs/benchmarks.md).
 # A connection in steady use that breaks fails one statement, and SQLAlchemy then renews the pool.
 IDLE_BEFORE_PING = 5.0
 
@@ -191,7 +196,7 @@ def _ping_if_idle(dbapi_connection, record, proxy) -> None:  # type: ignore[no-u
 
 
 CHECKPOINT_EVERY = 0.25
-AUTOCHECKPOINT_PAGES = 10_000  # 40 MB of WAL: several seconds of the busiest load measured
+AUTOCHECKPOINT_PAGES = 10_000  # 40 MB of WAL: several seconds of the busiest load (docs/benchmarks.md)
 
 
 async def checkpoints(engine: Engine) -> None:
@@ -251,7 +256,7 @@ def session(engine: Engine) -> Session:
     return Session(engine, expire_on_commit=False)
 
 
-def _alembic_config(connection: Connection) -> Config:
+def _alembic_config(connection: SqlConnection) -> Config:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     config.attributes["connection"] = connection

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-import time
 
 from sqlalchemy import and_, or_, select
 from sqlalchemy import update as sa_update
@@ -78,8 +77,8 @@ def authenticate(engine: Engine, secret: str) -> ApiKey | None:
     cached = caches.of(engine).keys.get(digest)
     if isinstance(cached, ApiKey) and hmac.compare_digest(cached.key_hash, digest):
         return cached
-    with engine.connect() as connection:
-        row = connection.execute(select(ApiKey).where(ApiKey.key_hash == digest, ApiKey.revoked_at.is_(None))).first()
+    with engine.connect() as sql:
+        row = sql.execute(select(ApiKey).where(ApiKey.key_hash == digest, ApiKey.revoked_at.is_(None))).first()
     if row is None:
         return None
     key = ApiKey(**row._mapping)
@@ -97,10 +96,8 @@ def forget(engine: Engine, key_id: int | None = None) -> None:
 
 def for_user(engine: Engine, user_id: int) -> list[ApiKey]:
     """A person's keys, newest first, revoked ones included."""
-    with engine.connect() as connection:
-        rows = connection.execute(
-            select(ApiKey.__table__).where(ApiKey.user_id == user_id).order_by(ApiKey.id.desc())
-        ).all()
+    with engine.connect() as sql:
+        rows = sql.execute(select(ApiKey.__table__).where(ApiKey.user_id == user_id).order_by(ApiKey.id.desc())).all()
     return [ApiKey(**r._mapping) for r in rows]
 
 
@@ -109,16 +106,16 @@ def active_for_user(engine: Engine, user_id: int) -> list[ApiKey]:
 
 
 def get_for_user(engine: Engine, user_id: int, key_id: int) -> ApiKey | None:
-    with engine.connect() as connection:
-        row = connection.execute(select(ApiKey.__table__).where(ApiKey.id == key_id, ApiKey.user_id == user_id)).first()
+    with engine.connect() as sql:
+        row = sql.execute(select(ApiKey.__table__).where(ApiKey.id == key_id, ApiKey.user_id == user_id)).first()
     return ApiKey(**row._mapping) if row else None
 
 
 def update(engine: Engine, user_id: int, key_id: int, **values: object) -> bool:
     """Changes an active key of this person's (name, integrations, daily limit, approval)."""
-    with engine.begin() as connection:
+    with engine.begin() as sql:
         statement = sa_update(ApiKey).where(ApiKey.id == key_id, ApiKey.user_id == user_id, ApiKey.revoked_at.is_(None))
-        changed = connection.execute(statement.values(**values)).rowcount == 1
+        changed = sql.execute(statement.values(**values)).rowcount == 1
     forget(engine, key_id)  # a narrowed key must not live on in this process's cache
     return changed
 
@@ -135,24 +132,26 @@ def cached_by_id(engine: Engine, key_id: int) -> ApiKey | None:
 
 
 def by_id(engine: Engine, key_id: int) -> ApiKey | None:
-    with engine.connect() as connection:
-        row = connection.execute(select(ApiKey.__table__).where(ApiKey.id == key_id)).first()
+    with engine.connect() as sql:
+        row = sql.execute(select(ApiKey.__table__).where(ApiKey.id == key_id)).first()
     return ApiKey(**row._mapping) if row else None
 
 
-# "Last used" to the minute is enough, and saves a write on nearly every call.
-TOUCH_EVERY = 60.0
-_touched: dict[tuple[int, int], float] = {}
+# "Last used" to the minute is enough, and saves a write on nearly every call (caches.TOUCH_SECONDS).
+
+
+def touch_due(engine: Engine, key_id: int) -> bool:
+    """Whether the key's last use is worth writing now (once per caches.TOUCH_SECONDS per process); no database."""
+    touched = caches.of(engine).touched
+    if touched.get(key_id) is not None:
+        return False
+    touched.put(key_id, True)
+    return True
 
 
 def touch(engine: Engine, key_id: int) -> None:
-    now = time.monotonic()
-    slot = (id(engine), key_id)
-    if now - _touched.get(slot, -TOUCH_EVERY) < TOUCH_EVERY:
-        return
-    _touched[slot] = now
-    with engine.begin() as connection:
-        connection.execute(sa_update(ApiKey).where(ApiKey.id == key_id).values(last_used_at=utcnow()))
+    with engine.begin() as sql:
+        sql.execute(sa_update(ApiKey).where(ApiKey.id == key_id).values(last_used_at=utcnow()))
 
 
 # The one visibility rule for an API key: it sees its owner's records and, when it is limited to
@@ -180,7 +179,7 @@ def revoke(engine: Engine, key_id: int, user_id: int | None = None) -> bool:
     statement = sa_update(ApiKey).where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
     if user_id is not None:
         statement = statement.where(ApiKey.user_id == user_id)
-    with engine.begin() as connection:
-        revoked = connection.execute(statement.values(revoked_at=utcnow())).rowcount == 1
+    with engine.begin() as sql:
+        revoked = sql.execute(statement.values(revoked_at=utcnow())).rowcount == 1
     forget(engine, key_id)
     return revoked

@@ -23,7 +23,7 @@ def utcnow() -> dt.datetime:
 _last_id = [0, 0]
 _id_lock = threading.Lock()
 # OS randomness read 4 KiB at a time: one getrandom() call per ~500 ids instead of one each
-# (measured ~7 µs per call under load). A forked child must never reuse its parent's bytes.
+# (each call costs microseconds under load). A forked child must never reuse its parent's bytes.
 _entropy = bytearray()
 os.register_at_fork(after_in_child=_entropy.clear)
 
@@ -134,7 +134,7 @@ class Connection(SQLModel, table=True):
 
 # A queued call that is not over. The partial indexes below hold only such rows (or rows with an
 # expiry), so a direct call's row goes into four B-trees (the table, its id, (user_id, id) and
-# (api_key_id, idempotency_key)) instead of eight: each is a page written per commit (bench).
+# (api_key_id, idempotency_key)) instead of eight: each is a page written per commit.
 # Queries meant to use them must repeat the condition as literal SQL (is_active): SQLite
 # matches a partial index only on the same terms, PostgreSQL only on constants.
 ACTIVE_CONDITION = "status IN ('pending', 'running')"
