@@ -37,6 +37,7 @@ from sqlalchemy import DateTime, Table
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 
+from gateway import jsoncodec
 from gateway.errors import DatabaseTimeout
 from gateway.storage.models import DailyUsage, Run
 
@@ -89,6 +90,13 @@ def _faster_datetime(process: Callable[[Any], Any]) -> Callable[[Any], Any]:
     return _aware_utc_text if process(probe) == _aware_utc_text(probe) else process
 
 
+def _json_value(value: Any) -> Any:
+    # json_populate_recordset reads text: a time as naive UTC, as the ORM stores it.
+    if isinstance(value, dt.datetime) and value.utcoffset() is not None:
+        return value.astimezone(dt.UTC).replace(tzinfo=None).isoformat()
+    return value.isoformat() if isinstance(value, dt.datetime | dt.date) else value
+
+
 async def within(awaitable: Awaitable[T], timeout: float) -> T:
     """Awaits at most `timeout`, then answers 503: the database did not answer in time."""
     try:
@@ -119,6 +127,14 @@ class Statements:
         self.insert_run = (
             f"INSERT INTO {table.name} ({', '.join(self.run_columns)}) "
             f"VALUES ({', '.join(mark for _ in self.run_columns)})"
+        )
+        # PostgreSQL: the whole batch as one statement (migration 0007's gateway_count and the run
+        # rows from one JSON array), sent in autocommit: one round trip, one transaction.
+        self.one_statement = dialect.name == "postgresql"
+        self.batch = (
+            f"WITH inserted AS (INSERT INTO {table.name} ({', '.join(self.run_columns)}) "
+            f"SELECT {', '.join(self.run_columns)} FROM json_populate_recordset(NULL::{table.name}, %s::json)) "
+            "SELECT gateway_count(%s::text[], %s::date[], %s::text[], %s::integer[], %s::integer[], %s::date[])"
         )
         processors = [_processor(c, dialect) for c in columns]
         self.run_processors: list[tuple[int, Callable[[Any], Any]]] = [
@@ -294,12 +310,24 @@ class Batcher:
     ) -> list[list[int] | int]:
         if self._connection is None:
             self._connection = self.engine.raw_connection()
+            if self.sql.one_statement:
+                self._connection.driver_connection.autocommit = True
         connection = self._connection
         try:
             cursor = connection.cursor()
         except BaseException:
             self._drop_connection()
             raise
+        if self.sql.one_statement:
+            try:
+                return self._run_one_statement(cursor, counts, refunds, rows)
+            except BaseException as exc:
+                if isinstance(exc, self._dbapi_error):
+                    self._drop_connection()
+                raise
+            finally:
+                with contextlib.suppress(Exception):
+                    cursor.close()
         try:
             if rows:
                 cursor.executemany(self.sql.insert_run, rows)
@@ -320,6 +348,33 @@ class Batcher:
         finally:
             with contextlib.suppress(Exception):
                 cursor.close()
+
+    def _run_one_statement(
+        self,
+        cursor: Any,
+        counts: list[tuple[Subjects, Any, asyncio.Future[Any]]],
+        refunds: list[tuple[list[str], Any]],
+        rows: list[list[Any]],
+    ) -> list[list[int] | int]:
+        refund_subjects = [subject for subjects, _ in refunds for subject in subjects]
+        refund_days = [day for subjects, day in refunds for _ in subjects]
+        subjects = [subject for call, _, _ in counts for subject, _ in call]
+        limits = [limit for call, _, _ in counts for _, limit in call]
+        calls = [index for index, (call, _, _) in enumerate(counts) for _ in call]
+        days = [day for call, day, _ in counts for _ in call]
+        records = [dict(zip(self.sql.run_columns, map(_json_value, row), strict=True)) for row in rows]
+        cursor.execute(
+            self.sql.batch,
+            (jsoncodec.dumps(records).decode(), refund_subjects, refund_days, subjects, limits, calls, days),
+        )
+        answer = cursor.fetchone()[0] or []
+        results: list[list[int] | int] = []
+        at = 0
+        for call, _, _ in counts:
+            values = answer[at : at + len(call)]
+            at += len(call)
+            results.append(values.index(-1) if -1 in values else list(values))
+        return results
 
     def _count(self, cursor: Any, subjects: Subjects, day: Any) -> list[int] | int:
         counts: list[int] = []
@@ -365,4 +420,6 @@ class Batcher:
         connection, self._connection = self._connection, None
         if connection is not None:
             with contextlib.suppress(Exception):
+                if self.sql.one_statement:
+                    connection.driver_connection.autocommit = False  # back to the pool as it came
                 connection.close()
