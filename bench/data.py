@@ -21,7 +21,7 @@ from sqlalchemy.engine import Engine
 
 from gateway.crypto import Box
 from gateway.settings import BUILTIN_INTEGRATIONS
-from gateway.specs import spec as specs
+from gateway.specs import registry as spec_registry
 from gateway.storage import connections, keys, users
 from gateway.storage import database as db
 from gateway.storage.models import ApiKey, Connection, DailyUsage, Run, User
@@ -110,7 +110,7 @@ def fill(
     rng = random.Random(9)
     now = dt.datetime.now(dt.UTC)
     box = Box((SECRET,))
-    catalogue = [i.name for i in specs.load_registry([BUILTIN_INTEGRATIONS])]
+    catalogue = [i.name for i in spec_registry.load_registry([BUILTIN_INTEGRATIONS])]
     # Not a real hash: these accounts never sign in, and hashing 1,000 passwords would take minutes.
     password_hash = "$argon2id$v=19$m=65536,t=3,p=4$bench$not-a-password-hash"
 

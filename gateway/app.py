@@ -33,7 +33,7 @@ from gateway.dashboard import web
 from gateway.errors import BadRequest, GatewayError, InternalError, MethodNotAllowed, NotFound, ServiceUnavailable
 from gateway.logs import request_id_var
 from gateway.settings import Settings
-from gateway.specs import spec as specs
+from gateway.specs import registry as spec_registry
 from gateway.storage import database as db
 from gateway.storage.models import random_hex
 from gateway.workers.queue import Worker, sweeper
@@ -173,8 +173,8 @@ async def server_error(request: Request, exc: Exception) -> Response:
     return error_response(request, InternalError("The gateway failed to handle this request."))
 
 
-def create_app(settings: Settings, registry: specs.Registry | None = None) -> Starlette:
-    registry = registry if registry is not None else specs.registry_for(settings)
+def create_app(settings: Settings, registry: spec_registry.Registry | None = None) -> Starlette:
+    registry = registry if registry is not None else spec_registry.registry_for(settings)
     engine = db.make_engine(settings.database_url, settings.database_timeout)
     mcp_endpoint = mcp.McpEndpoint(settings, registry)
 

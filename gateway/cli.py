@@ -25,6 +25,7 @@ from sqlalchemy.exc import DBAPIError, NoSuchModuleError
 from gateway import logs
 from gateway import settings as settings_module
 from gateway.core import plans
+from gateway.specs import registry as spec_registry
 from gateway.specs import spec as specs
 from gateway.storage import database as db
 from gateway.storage import keys, users
@@ -107,10 +108,10 @@ def _check_port(host: str, port: int) -> None:
         ) from None
 
 
-def _start(settings: settings_module.Settings) -> specs.Registry:
+def _start(settings: settings_module.Settings) -> spec_registry.Registry:
     """What `serve` and `worker` do first: check what they depend on."""
     # Load and validate the specs and plans before binding the port: a bad one stops start-up, named.
-    registry = specs.registry_for(settings)
+    registry = spec_registry.registry_for(settings)
     _plans(settings)
     return registry
 
@@ -252,7 +253,7 @@ def cmd_keys_create(args: argparse.Namespace, settings: settings_module.Settings
         raise CommandError(f"no user with email {args.user}", NOT_FOUND)
     allowed = [i.strip() for i in args.integrations.split(",") if i.strip()] if args.integrations else None
     if allowed:
-        registry = specs.registry_for(settings)
+        registry = spec_registry.registry_for(settings)
         unknown = [name for name in allowed if registry.get(name) is None]
         if unknown:
             raise CommandError(f"unknown integrations: {', '.join(unknown)}")
@@ -300,7 +301,7 @@ def cmd_keys_revoke(args: argparse.Namespace, settings: settings_module.Settings
 
 
 def cmd_integrations_list(args: argparse.Namespace, settings: settings_module.Settings) -> int:
-    registry = specs.registry_for(settings)
+    registry = spec_registry.registry_for(settings)
     data = [
         {
             "name": i.name,
@@ -323,9 +324,9 @@ def cmd_integrations_validate(args: argparse.Namespace, settings: settings_modul
         raise CommandError(f"no such file or folder: {', '.join(missing)}", NOT_FOUND)
     errors: list[str] = []
     valid: list[dict[str, Any]] = []
-    for path in specs.spec_files(paths):
+    for path in spec_registry.spec_files(paths):
         try:
-            integration = specs.load_file(path)
+            integration = spec_registry.load_file(path)
         except specs.SpecError as exc:
             errors.append(str(exc))
         else:
@@ -333,7 +334,7 @@ def cmd_integrations_validate(args: argparse.Namespace, settings: settings_modul
     if not errors:
         # Files that are each valid may still clash together (names, tool names).
         try:
-            specs.load_registry(paths)
+            spec_registry.load_registry(paths)
         except specs.SpecError as exc:
             errors.append(str(exc))
     if args.json:

@@ -16,7 +16,8 @@ import yaml
 
 from gateway.specs import catalogue
 from gateway.specs.params import validate as validate_params
-from gateway.specs.spec import ApiKeyAuth, OAuth2Auth, load_registry
+from gateway.specs.registry import load_registry
+from gateway.specs.spec import ApiKeyAuth, OAuth2Auth
 from gateway.upstream.build import build_request
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from gateway.specs.params import validator_for
-from gateway.specs.spec import load_registry
+from gateway.specs.registry import load_registry
 from tests.conftest import Gateway
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -20,7 +20,8 @@ from starlette.routing import Route
 
 from gateway.app import create_app
 from gateway.settings import IntegrationOverrides
-from gateway.specs.spec import ApiKeyAuth, SpecError, load_file, registry_for
+from gateway.specs.registry import load_file, registry_for
+from gateway.specs.spec import ApiKeyAuth, SpecError
 from tests.conftest import TESTS, Gateway, make_settings
 from tests.fakes.provider import ProviderState
 from tests.servers import ServerThread, free_port

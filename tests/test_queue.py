@@ -17,7 +17,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway.app import create_app
-from gateway.storage import runs
+from gateway.storage import claims, runs
 from gateway.storage.runs import RunRecord
 from tests.conftest import Gateway
 from tests.servers import ServerThread
@@ -267,7 +267,7 @@ def test_expired_records_are_purged(fake) -> None:
     body = submit(gw, secret, "record", {"queue": "e", "seq": 1}, queue="e", expires=1).json()
     wait_run(gw, secret, body["id"])
     time.sleep(1.1)
-    runs.purge(gw.engine)
+    claims.purge(gw.engine)
     assert gw.http.get(f"/v1/runs/{body['id']}", headers={"Authorization": f"Bearer {secret}"}).status_code == 404
 
 
@@ -315,7 +315,7 @@ def test_cancel_never_races_a_claim(settings) -> None:
         def do_claim(barrier=barrier, claimed=claimed, lead=lead) -> None:  # type: ignore[no-untyped-def]
             barrier.wait()
             time.sleep(max(lead, 0))
-            claimed.append(runs.claim(gateway.engine, "racer", runs.dt.timedelta(seconds=30)))
+            claimed.append(claims.claim(gateway.engine, "racer", runs.dt.timedelta(seconds=30)))
 
         def do_cancel(barrier=barrier, cancelled=cancelled, record=record, lead=lead) -> None:  # type: ignore[no-untyped-def]
             barrier.wait()
@@ -360,14 +360,14 @@ def test_a_claim_takes_its_limit_one_head_per_queue_oldest_first(settings) -> No
         made.setdefault(record.queue_name, []).append(record.id)
     lease = runs.dt.timedelta(seconds=30)
 
-    first = runs.claim_many(engine, "w1", lease, 3)
+    first = claims.claim_many(engine, "w1", lease, 3)
     assert [r.id for r in first] == [made[q][0] for q in ("q0", "q1", "q2")]
     assert all(r.status == "running" and r.worker_id == "w1" for r in first)
-    second = runs.claim_many(engine, "w2", lease, 3)
+    second = claims.claim_many(engine, "w2", lease, 3)
     assert [r.id for r in second] == [made[q][0] for q in ("q3", "q4", "q5")]
     # More room than runnable calls: only the two heads left, never a second call of a busy queue.
-    rest = runs.claim_many(engine, "w3", lease, 10)
+    rest = claims.claim_many(engine, "w3", lease, 10)
     assert [r.id for r in rest] == [made["q6"][0], made["q7"][0]]
-    assert runs.claim_many(engine, "w3", lease, 10) == []
+    assert claims.claim_many(engine, "w3", lease, 10) == []
     assert runs.queue_depth(engine) == {"running": 8, "pending": 32}
     engine.dispose()

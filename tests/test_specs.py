@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gateway.specs.spec import SpecError, load_file, load_registry
+from gateway.specs.registry import load_file, load_registry
+from gateway.specs.spec import SpecError
 
 BASE = {
     "name": "acme",

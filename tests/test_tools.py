@@ -11,7 +11,7 @@ from jsonschema import Draft202012Validator
 from gateway.agents import mcp
 from gateway.core import tools
 from gateway.settings import BUILTIN_INTEGRATIONS
-from gateway.specs.spec import load_registry
+from gateway.specs.registry import load_registry
 from tests.conftest import Gateway
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "agents.md"

@@ -16,7 +16,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from gateway.core.runtime import clients
 from gateway.errors import BadRequest, UpstreamResponseTooLarge
 from gateway.settings import Settings
-from gateway.specs.spec import load_registry
+from gateway.specs.registry import load_registry
 from gateway.upstream import build as upstream
 from tests.conftest import Gateway
 from tests.servers import ServerThread

@@ -36,7 +36,8 @@ from gateway.core.runtime import Services
 from gateway.core.submit import Submission, submit
 from gateway.errors import BadRequest, GatewayError, NotFound, ServiceUnavailable
 from gateway.settings import Settings
-from gateway.specs.spec import CompiledEndpoint, Integration, Registry
+from gateway.specs.registry import Registry
+from gateway.specs.spec import CompiledEndpoint, Integration
 from gateway.storage import connections, keys
 from gateway.storage.models import ApiKey, Connection, utcnow
 

@@ -16,7 +16,7 @@ from gateway.core.tokens import TokenStore
 from gateway.crypto import Box, Signer
 from gateway.metrics import Metrics
 from gateway.settings import Settings
-from gateway.specs.spec import Registry
+from gateway.specs.registry import Registry
 from gateway.storage import runs
 from gateway.storage.batch import Batcher
 from gateway.storage.database import Database

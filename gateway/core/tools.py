@@ -15,7 +15,8 @@ from typing import Any
 from gateway.core import links
 from gateway.core.runtime import Services
 from gateway.errors import NotFound, ScopeNotAllowed
-from gateway.specs.spec import CompiledEndpoint, Integration, Registry
+from gateway.specs.registry import Registry
+from gateway.specs.spec import CompiledEndpoint, Integration
 from gateway.storage import keys
 from gateway.storage.models import ApiKey
 

@@ -14,7 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from gateway.settings import BUILTIN_INTEGRATIONS, PACKAGE_ROOT
-from gateway.specs.spec import CompiledEndpoint, Registry, load_registry
+from gateway.specs.registry import Registry, load_registry
+from gateway.specs.spec import CompiledEndpoint
 
 README = PACKAGE_ROOT / "README.md"
 GUIDE = PACKAGE_ROOT / "docs" / "integrations.md"

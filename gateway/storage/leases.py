@@ -24,8 +24,8 @@ from collections.abc import Callable
 from sqlalchemy.exc import DBAPIError
 
 from gateway.errors import DatabaseTimeout
+from gateway.storage import claims
 from gateway.storage import database as db
-from gateway.storage import runs
 
 logger = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ class Leases:
                 by_owner.setdefault(owner, []).append(run_id)
             for owner, ids in by_owner.items():
                 try:
-                    await self.db.run_unsettled(runs.extend_leases, owner, ids, self.lease)
+                    await self.db.run_unsettled(claims.extend_leases, owner, ids, self.lease)
                 except Exception as exc:
                     logger.warning("extending leases failed (%s); retrying", type(exc).__name__)
 

@@ -23,7 +23,7 @@ from gateway.core import approvals, callbacks, views, waitpoints
 from gateway.core.execute import execute
 from gateway.core.runtime import Services
 from gateway.errors import DatabaseTimeout, GatewayError, Unauthorized
-from gateway.storage import keys, runs
+from gateway.storage import claims, keys, runs
 from gateway.storage.models import Run, utcnow
 from gateway.storage.runs import RunRecord
 
@@ -42,8 +42,8 @@ def sweep(services: Services) -> None:
     waitpoints.expire_due(services.engine)
     for run in approvals.expire_due(services):
         waitpoints.complete(services.engine, run.waitpoint_id or "", runs.result_of(services.box, run))
-    for run in runs.expired_leases(services.engine, queued=False):
-        if not services.leases.holds(run.id) and runs.recover(
+    for run in claims.expired_leases(services.engine, queued=False):
+        if not services.leases.holds(run.id) and claims.recover(
             services.engine, services.box, run, _retry_safe(services, run)
         ):
             logger.warning("run %s lost its process; its Idempotency-Key was recovered", run.id)
@@ -120,7 +120,7 @@ class Worker:
                 now = utcnow()
                 try:
                     claimed = (
-                        await self.services.db.run_unsettled(runs.claim_many, self.id, self.lease, free, now)
+                        await self.services.db.run_unsettled(claims.claim_many, self.id, self.lease, free, now)
                         if free
                         else []
                     )
@@ -221,21 +221,21 @@ class Worker:
         services = self.services
         failed: list[Run] = []
         if self._unconfirmed:
-            if runs.unclaim(services.engine, self.id, self._unconfirmed):
+            if claims.unclaim(services.engine, self.id, self._unconfirmed):
                 logger.warning("queued calls claimed as the database failed went back to their queues")
                 self.wake()
             self._unconfirmed = []
         sweep(services)
-        for run in runs.expired_leases(services.engine, queued=True):
+        for run in claims.expired_leases(services.engine, queued=True):
             if services.leases.holds(run.id):
                 continue  # this process is still writing its result
             retry = _retry_safe(services, run)
-            if runs.recover(services.engine, services.box, run, retry):
+            if claims.recover(services.engine, services.box, run, retry):
                 logger.warning("run %s lost its worker; %s", run.id, "queued again" if retry else "failed")
                 if not retry:
                     failed.append(run)
         now = time.monotonic()
         if now - self._purged >= PURGE_EVERY:
             self._purged = now
-            runs.purge(services.engine)
+            claims.purge(services.engine)
         return failed
