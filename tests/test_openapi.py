@@ -24,8 +24,8 @@ from jsonschema import Draft202012Validator
 from sqlalchemy import update
 
 from gateway.app import create_app
+from gateway.settings import BUILTIN_INTEGRATIONS
 from gateway.specs import registry as spec_registry
-from gateway.specs import spec as specs
 from gateway.storage.models import User
 from tests.conftest import Gateway, make_settings, provider_overrides
 from tests.fakes.provider import ProviderState
@@ -142,7 +142,7 @@ def fuzzed_gateway(tmp_path: Path, provider: ProviderState) -> Iterator[tuple[Ga
     """A gateway with every built-in integration connected, each pointed at the fake provider on 127.0.0.1,
     and no queue worker: a queued call (and its callback_url) is never sent anywhere."""
     fake = provider_overrides(provider.url)["github"]  # type: ignore[attr-defined]
-    registry = spec_registry.load_registry([specs.BUILTIN_INTEGRATIONS])
+    registry = spec_registry.load_registry([BUILTIN_INTEGRATIONS])
     overrides = {integration.name: fake for integration in registry}
     port = free_port()
     settings = make_settings(

@@ -309,9 +309,7 @@ class Batcher:
         rows: list[list[Any]],
     ) -> list[list[int] | int]:
         if self._connection is None:
-            self._connection = self.engine.raw_connection()
-            if self.sql.one_statement:
-                self._connection.driver_connection.autocommit = True
+            self._connection = self._connect()
         connection = self._connection
         try:
             cursor = connection.cursor()
@@ -400,6 +398,28 @@ class Batcher:
             cursor.execute(statement, args)
             row = cursor.fetchone()
         return None if row is None else int(row[0])
+
+    def _connect(self) -> Any:
+        """A connection of the pool that answers. A batch replaces its connection only after an
+        error, when the pool may hold others broken the same way (a restart, a cut): each is tried
+        once, and one that fails is dropped rather than failing the batch."""
+        error: Exception | None = None
+        for _ in range(3):
+            connection = self.engine.raw_connection()
+            try:
+                cursor = connection.cursor()
+                cursor.execute("SELECT 1")
+                cursor.close()
+                if self.sql.one_statement:
+                    connection.rollback()
+                    connection.driver_connection.autocommit = True
+                return connection
+            except self._dbapi_error as exc:
+                error = exc
+                with contextlib.suppress(Exception):
+                    connection.invalidate()
+        assert error is not None
+        raise error
 
     def _drop_connection(self) -> None:
         connection, self._connection = self._connection, None
