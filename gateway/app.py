@@ -125,7 +125,7 @@ def error_response(request: Request, error: GatewayError) -> Response:
 async def gateway_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, GatewayError)
     if web.is_page(request.url.path):
-        return web.error_page(request, exc.status, exc.message)
+        return await web.error_page(request, exc.status, exc.message)
     return error_response(request, exc)
 
 
@@ -143,12 +143,12 @@ async def http_error(request: Request, exc: Exception) -> Response:
     if exc.status_code == 405:
         allow = {"Allow": allowed_methods(request)}
         if web.is_page(request.url.path):
-            response = web.error_page(request, 405, exc.detail)
+            response = await web.error_page(request, 405, exc.detail)
             response.headers.update(allow)
             return response
         return error_response(request, MethodNotAllowed(f"{request.method} is not allowed here.", headers=allow))
     if web.is_page(request.url.path):
-        return web.error_page(request, exc.status_code, exc.detail)
+        return await web.error_page(request, exc.status_code, exc.detail)
     if exc.status_code == 404:
         return error_response(request, NotFound("There is nothing at this address."))
     error = GatewayError(exc.detail or "HTTP error")
@@ -162,14 +162,14 @@ async def database_error(request: Request, exc: Exception) -> Response:
         "The gateway's database is unreachable; nothing was changed. Retry shortly.", headers={"Retry-After": "5"}
     )
     if web.is_page(request.url.path):
-        return web.error_page(request, 503, error.message)
+        return await web.error_page(request, 503, error.message)
     return error_response(request, error)
 
 
 async def server_error(request: Request, exc: Exception) -> Response:
     logger.exception("unhandled error on %s %s", request.method, request.url.path)
     if web.is_page(request.url.path):
-        return web.error_page(request, 500)
+        return await web.error_page(request, 500)
     return error_response(request, InternalError("The gateway failed to handle this request."))
 
 

@@ -341,8 +341,13 @@ ERROR_TITLES = {
 }
 
 
-def error_page(request: Request, status: int, detail: str | None = None) -> Response:
+async def error_page(request: Request, status: int, detail: str | None = None) -> Response:
     """A friendly HTML error; it must render even when the database is what failed."""
+    try:
+        await known_visitor(request)
+    except Exception:
+        # Shown as to a visitor who is not signed in, with no second try at the database.
+        request.state.visitor = Visitor(user=None, session_id=None, form_nonce=None)
     title = ERROR_TITLES.get(status, "Something went wrong")
     phrase = http.HTTPStatus(status).phrase if status in http.HTTPStatus._value2member_map_ else ""
     message = detail if detail and detail != phrase else None
