@@ -247,35 +247,34 @@ async def _enqueue(
     if held is not None:
         return CallResult(http_status=202, body=held, headers={"X-Run-Id": record.id, **usage.headers()})
 
-    def store(engine: Engine) -> tuple[Run, int]:
-        runs.create_pending(engine, services.box, record=record, params=params, **queued)
-        run = runs.get(engine, record.id, key.user_id)
-        assert run is not None
-        return run, _in_queue(engine, key, run)
-
     try:
-        run, in_queue = await services.db.run_unsettled(store)
+        in_queue = await services.db.run_unsettled(
+            runs.enqueue, services.box, key, record=record, params=params, **queued
+        )
     except Exception:
         limits.refund(services.batcher, key)
         raise
     services.notify_queue()
-    return _queued(run, in_queue, usage.headers())
+    return _queued(record.id, "pending", record.queue_name, in_queue, usage.headers())
 
 
 def _in_queue(engine: Engine, key: ApiKey, run: Run) -> int:
     return runs.in_queue(engine, key, run.queue_name or run.id, up_to=run.id)
 
 
-def _queued(run: Run, in_queue: int, headers: dict[str, str] | None = None) -> CallResult:
-    body = {"id": run.id, "status": run.status, "queue_name": run.queue_name or run.id, "in_queue": in_queue}
-    return CallResult(http_status=202, body=body, headers={"X-Run-Id": run.id, **(headers or {})})
+def _queued(
+    run_id: str, status: str, queue_name: str | None, in_queue: int, headers: dict[str, str] | None = None
+) -> CallResult:
+    body = {"id": run_id, "status": status, "queue_name": queue_name or run_id, "in_queue": in_queue}
+    return CallResult(http_status=202, body=body, headers={"X-Run-Id": run_id, **(headers or {})})
 
 
 async def _replay(services: Services, key: ApiKey, run: Run, fingerprint: str) -> CallResult:
     if run.request_hash != fingerprint:
         raise IdempotencyMismatch("This Idempotency-Key was already used with a different request.")
     if run.request is not None:  # a queued submission: its first answer was the 202
-        result = _queued(run, await services.db.run(_in_queue, key, run))
+        in_queue = await services.db.run(_in_queue, key, run)
+        result = _queued(run.id, run.status, run.queue_name, in_queue)
     elif run.status not in runs.TERMINAL:
         raise IdempotencyInProgress(
             "A call with this Idempotency-Key is still running.", headers={"Retry-After": "1", "X-Run-Id": run.id}

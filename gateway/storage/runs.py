@@ -182,10 +182,21 @@ def _finish_statement(columns: tuple[str, ...], guarded: bool) -> Any:
     return statement.values({name: bindparam(name) for name in columns}).returning(*table.columns)
 
 
-def create_pending(
-    engine: Engine,
+def create_pending(engine: Engine, box: Box, *, record: RunRecord, params: dict[str, Any], **queued: Any) -> None:
+    with engine.begin() as c:
+        c.execute(Run.__table__.insert().values(**_pending_values(box, record, params, **queued)))
+
+
+def enqueue(engine: Engine, box: Box, key: ApiKey, *, record: RunRecord, params: dict[str, Any], **queued: Any) -> int:
+    """Stores a queued call and answers its place in its queue, in one transaction: what a queued
+    submission costs the database."""
+    with engine.begin() as c:
+        c.execute(Run.__table__.insert().values(**_pending_values(box, record, params, **queued)))
+        return int(c.execute(_in_queue(key, record.queue_name or record.id, record.id)).scalar_one())
+
+
+def _pending_values(
     box: Box,
-    *,
     record: RunRecord,
     params: dict[str, Any],
     status: str = "pending",
@@ -196,7 +207,7 @@ def create_pending(
     approval: str | None = None,
     approval_expires_at: dt.datetime | None = None,
     waitpoint_id: str | None = None,
-) -> None:
+) -> dict[str, Any]:
     values = record.values()
     values.update(
         status=status,
@@ -211,8 +222,7 @@ def create_pending(
         approval_expires_at=approval_expires_at,
         waitpoint_id=waitpoint_id,
     )
-    with engine.begin() as c:
-        c.execute(Run.__table__.insert().values(**values))
+    return values
 
 
 def create_started(
@@ -260,11 +270,13 @@ def request_of(box: Box, run: Run) -> dict[str, Any]:
 def in_queue(engine: Engine, key: ApiKey, queue_name: str, up_to: str | None = None) -> int:
     """Calls ahead of and including `up_to` (or all) that are pending or running in one queue, of
     those the key may see."""
-    statement = select(func.count()).where(keys.visible(key, Run), Run.queue_name == queue_name, is_active(Run.status))
-    if up_to is not None:
-        statement = statement.where(Run.id <= up_to)
     with engine.connect() as c:
-        return int(c.execute(statement).scalar_one())
+        return int(c.execute(_in_queue(key, queue_name, up_to)).scalar_one())
+
+
+def _in_queue(key: ApiKey, queue_name: str, up_to: str | None) -> Any:
+    statement = select(func.count()).where(keys.visible(key, Run), Run.queue_name == queue_name, is_active(Run.status))
+    return statement if up_to is None else statement.where(Run.id <= up_to)
 
 
 def queue_depth(engine: Engine) -> dict[str, int]:
