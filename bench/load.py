@@ -53,6 +53,7 @@ class Measurement:
     # Share of the machine's CPU used by processes other than the server, the upstream and the load
     # generator while measuring: on a shared machine, the figures are only comparable when this is low.
     others_cpu: float | None = None
+    round: int = 0  # which round measured it (0 for a median over rounds)
 
     @property
     def rps(self) -> float:
