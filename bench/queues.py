@@ -28,7 +28,7 @@ from gateway.storage import database as db
 from gateway.storage.models import Run
 
 from . import data, servers
-from .processes import Children
+from .processes import Children, named_cpu_seconds
 from .pyload import build_request, read_response
 
 QUEUES = 20
@@ -160,9 +160,10 @@ def run(
         results = []
         for number in range(1, rounds + 1):
             names = [f"r{number}-q{i}" for i in range(QUEUES)]
-            cpu = gateway.cpu()
+            cpu, database = gateway.cpu(), named_cpu_seconds("postgres")
             result = drain_round(engine, url, account.secret, upstream.python_url, names, calls)
             result["cpu_ms_per_call"] = round((gateway.cpu() - cpu) / calls * 1000, 3)
+            result["db_cpu_ms_per_call"] = round((named_cpu_seconds("postgres") - database) / calls * 1000, 3)
             log(
                 f"queue round {number}: {result['calls_per_s']:,.0f} calls/s, submitted in {result['submitted_s']} s, "
                 f"drained in {result['drain_s']} s, order held {result['order_held']}"
@@ -186,5 +187,6 @@ def run(
         "order_held": all(r["order_held"] for r in results),
         "id_inversions": sum(r["id_inversions"] for r in results),
         "cpu_ms_per_call": statistics.median(r["cpu_ms_per_call"] for r in results),
+        "db_cpu_ms_per_call": statistics.median(r["db_cpu_ms_per_call"] for r in results),
         "memory_kib": memory,
     }

@@ -92,6 +92,7 @@ def rows(results: list[Measurement], rounds: list[Measurement] | None = None) ->
             "p99_ms": round(m.p99_ms, 3),
             "errors": m.errors,
             "cpu_us": None if m.cpu_us is None else round(m.cpu_us),
+            "db_cpu_us": None if m.db_cpu_us is None else round(m.db_cpu_us),
             "others_cpu": None if m.others_cpu is None else round(m.others_cpu, 3),
             "reference": None,
             "x_reference": None,
@@ -159,6 +160,7 @@ def table(results: list[Measurement], rounds: list[Measurement] | None = None, m
         "p99 ms",
         "errors",
         "CPU µs/req",
+        "DB CPU µs/req",
         "reference",
         "÷ reference req/s (rounds)",
         "p50 − reference ms (rounds)",
@@ -175,13 +177,14 @@ def table(results: list[Measurement], rounds: list[Measurement] | None = None, m
                 f"{row['p99_ms']:.3f}",
                 str(row["errors"]),
                 _optional(row["cpu_us"], ",.0f"),
+                _optional(row["db_cpu_us"], ",.0f"),
                 row["reference"] or "",
                 ratio_text(row["x_reference"]),
                 delta_text(row["p50_over_reference_ms"]),
                 _optional(row["p50_over_direct_ms"], "+.3f"),
             ]
         )
-    return grid(header, lines, markdown, left=(1, 7))
+    return grid(header, lines, markdown, left=(1, 8))
 
 
 def memory_lines(rss: dict[str, dict[str, int]]) -> list[str]:
@@ -221,7 +224,8 @@ def queue_lines(queue: dict[str, Any]) -> list[str]:
         f"queues, POSTed to `gateway serve --workers {queue['processes']}` ({queue['concurrency']} worker slots "
         f"a process), {len(rounds)} round{'s' if len(rounds) > 1 else ''}",
         f"{queue['calls_per_s']:,.0f} calls/s from the first submission to the last run's end{spread}; "
-        f"submissions took {submitted} s; gateway CPU {queue['cpu_ms_per_call']:.2f} ms per call; "
+        f"submissions took {submitted} s; gateway CPU {queue['cpu_ms_per_call']:.2f} ms per call, "
+        f"PostgreSQL's {queue['db_cpu_ms_per_call']:.2f}; "
         f"statuses {statuses}",
         f"order held: {queue['order_held']} ({'; '.join(r['order_detail'] for r in rounds)}); "
         f"run ids out of submission order: {queue['id_inversions']}",
