@@ -1,10 +1,12 @@
-"""The benchmark's database: one account ready to call, and optionally a lived-in database around it.
+"""The benchmark's databases: one account ready to call, and optionally a lived-in database around it.
 
+Every gateway the benchmark starts, on SQLite or PostgreSQL, is seeded here.
 `prepare` makes what any call needs, the way the product makes it: a user, a
 connected account whose token never expires (gateway.storage.connections.save), and an
 API key (gateway.storage.keys.create). `fill` adds the data-scale mode's rows with bulk
 inserts straight into the tables of gateway/storage/models.py: 10,000 API keys, 100,000
 runs, and a connection to every catalogue integration for each of 1,000 users.
+PostgreSQL databases live in a `Schema` of their own in the local `test` database.
 """
 
 from __future__ import annotations
@@ -14,9 +16,12 @@ import datetime as dt
 import hashlib
 import os
 import random
+import secrets
+import time
 from collections.abc import Iterator
 from typing import Any
 
+from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine
 
 from gateway.crypto import Box
@@ -36,6 +41,7 @@ PLAN = "bench"
 # What every gateway call in the benchmark sends: params to check, one to default.
 CALL_BODY = '{"params":{"fields":"id,name,items"}}'
 BATCH = 5_000
+PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
 
 def gateway_env(database_url: str, upstream_url: str, **extra: str) -> dict[str, str]:
@@ -76,6 +82,69 @@ def prepare(engine: Engine, integration: str = "bench") -> Account:
     key, secret = keys.create(engine, user.id, name="bench")
     assert key.id is not None
     return Account(user.id, key.id, secret)
+
+
+def seed(database_url: str, *, scale: bool = False) -> tuple[Account, dict[str, Any] | None]:
+    """Migrates and seeds the database at `database_url`: the account, and with `scale` the bulk rows
+    (their counts and how long they took, or None)."""
+    engine = db.make_engine(database_url)
+    try:
+        account = prepare(engine)
+        if not scale:
+            return account, None
+        started = time.monotonic()
+        counts: dict[str, Any] = fill(engine, account)
+        return account, {**counts, "seconds": round(time.monotonic() - started, 1)}
+    finally:
+        engine.dispose()
+
+
+def postgres_available(url: str = PG_URL) -> bool:
+    engine = create_engine(url, connect_args={"connect_timeout": 3})
+    try:
+        with engine.connect():
+            return True
+    except Exception:
+        return False
+    finally:
+        engine.dispose()
+
+
+class Schema:
+    """A schema of its own in the local `test` database, dropped afterwards (as tests/conftest.py does)."""
+
+    def __init__(self, url: str = PG_URL) -> None:
+        self.name = "bench_" + secrets.token_hex(6)
+        self.admin = create_engine(url)
+        with self.admin.begin() as c:
+            c.execute(text(f'CREATE SCHEMA "{self.name}"'))
+        self.url = f"{url}?options=-csearch_path%3D{self.name}"
+
+    def drop(self) -> None:
+        with self.admin.begin() as c:
+            c.execute(text(f'DROP SCHEMA "{self.name}" CASCADE'))
+        self.admin.dispose()
+
+
+class Schemas:
+    """Every schema a run made; leaving the block drops them, whatever happened. Leave it after the
+    processes using them have stopped (list it before `Children` in the same `with`)."""
+
+    def __init__(self) -> None:
+        self.made: list[Schema] = []
+
+    def make(self) -> Schema:
+        schema = Schema()
+        self.made.append(schema)
+        return schema
+
+    def __enter__(self) -> Schemas:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for schema in reversed(self.made):
+            schema.drop()
+        self.made.clear()
 
 
 def _batches(rows: Iterator[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:

@@ -1,7 +1,8 @@
 """Where a loaded `gateway serve` spends its CPU, in µs per request: py-spy samples times CPU per request.
 
-`python -m bench.hotspots [--connections 32] [--duration 10] [--scale]` starts the fast
-upstream and one gateway exactly as `python -m bench` does, drives it with wrk (or
+`python -m bench.hotspots [--connections 32] [--duration 10] [--scale] [--postgres]` starts
+the fast upstream and one gateway process exactly as `python -m bench` does (on SQLite, or
+on a PostgreSQL schema of its own with --postgres), drives it with wrk (or
 bench/pyload.py), samples it with py-spy (`pip install py-spy`), and reads its CPU time
 from /proc. A function's share of the samples times the CPU per request is its cost
 per request. py-spy pauses the gateway for each sample (250 a second), which costs it a little throughput.
@@ -18,7 +19,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-from . import data, load
+from . import data, load, nginx
 from .processes import Children
 from .run import Options, Run
 
@@ -89,17 +90,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--scale", action="store_true", help="on the data-scale database")
+    parser.add_argument("--postgres", action="store_true", help="on PostgreSQL (127.0.0.1:5432, database test)")
+    parser.add_argument("--upstream", choices=["nginx", "python"], default="nginx" if nginx.available() else "python")
     parser.add_argument("--load", choices=["auto", "wrk", "python"], default="auto")
     parser.add_argument("--top", type=int, default=30)
     parser.add_argument("--raw", type=Path, help="also keep py-spy's raw samples here")
     args = parser.parse_args(argv)
     spy = py_spy()
     generator = load.generator(args.load)
-    options = Options(args.duration, 2, [args.connections], [], generator, args.scale, False, 0, 0, False, 1)
-    with tempfile.TemporaryDirectory(prefix="gateway-hotspots-") as tmp, Children() as children:
-        run = Run(options, children, Path(tmp))
+    options = Options(args.duration, 2, [args.connections], generator=generator, upstream=args.upstream, rounds=1)
+    with (
+        tempfile.TemporaryDirectory(prefix="gateway-hotspots-") as tmp,
+        data.Schemas() as schemas,
+        Children() as children,
+    ):
+        run = Run(options, children, schemas, Path(tmp))
         upstream = run.start_upstream()
-        gateway, secret = run.start_gateway("gateway", upstream, scale=args.scale)
+        gateway, secret = run.start_gateway("gateway", upstream, scale=args.scale, postgres=args.postgres)
         request = load.Request(f"{gateway.url}/v1/bench/fast", body=data.CALL_BODY)
         request.headers["Authorization"] = f"Bearer {secret}"
         load.check_answer(request)

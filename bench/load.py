@@ -53,6 +53,9 @@ class Measurement:
     # Share of the machine's CPU used by processes other than the server, the upstream and the load
     # generator while measuring: on a shared machine, the figures are only comparable when this is low.
     others_cpu: float | None = None
+    # PostgreSQL's CPU per answered request (its server and every backend), on PostgreSQL targets.
+    db_cpu_us: float | None = None
+    round: int = 0  # which round measured it (0 for a median over rounds)
 
     @property
     def rps(self) -> float:
@@ -72,6 +75,7 @@ def medians(measurements: list[Measurement]) -> list[Measurement]:
         middle = sorted(ms, key=lambda m: m.rps)[len(ms) // 2]
         cpu = [m.cpu_us for m in ms if m.cpu_us is not None]
         others = [m.others_cpu for m in ms if m.others_cpu is not None]
+        db_cpu = [m.db_cpu_us for m in ms if m.db_cpu_us is not None]
         out.append(
             Measurement(
                 target,
@@ -84,6 +88,7 @@ def medians(measurements: list[Measurement]) -> list[Measurement]:
                 middle.generator,
                 statistics.median(cpu) if cpu else None,
                 max(others) if others else None,
+                statistics.median(db_cpu) if db_cpu else None,
             )
         )
     return out

@@ -43,13 +43,44 @@ def memory_kib(pid: int) -> dict[str, int]:
     return values
 
 
+def _stat_fields(pid: int | str) -> list[str]:
+    # The command name may hold spaces and parentheses: the fields start after the last ')'.
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def group_pids(pgid: int) -> list[int]:
+    """Every live process in a process group: a child and whatever it forked (uvicorn's or nginx's workers)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int(_stat_fields(entry.name)[2]) == pgid:
+                    pids.append(int(entry.name))
+            except (OSError, IndexError, ValueError):
+                continue
+    return pids
+
+
 def cpu_seconds(pid: int) -> float:
     """User plus system CPU time a process has used so far, from /proc."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        fields = _stat_fields(pid)
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def named_cpu_seconds(name: str) -> float:
+    """CPU used so far by the live processes called `name` (PostgreSQL's server and its backends)."""
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "comm").read_text().strip() == name:
+                    total += cpu_seconds(int(entry.name))
+            except OSError:
+                continue
+    return total
 
 
 def machine_busy_seconds() -> float:
@@ -72,9 +103,12 @@ def children_cpu_seconds() -> float:
 
 
 class Child:
-    def __init__(self, name: str, args: list[str], env: dict[str, str] | None = None, url: str | None = None) -> None:
+    def __init__(
+        self, name: str, args: list[str], env: dict[str, str] | None = None, url: str | None = None, ready: str = "/"
+    ) -> None:
         self.name = name
         self.url = url
+        self.ready = ready  # a path that answers once the process serves
         # A file, not a pipe: a pipe nobody reads would block a chatty process.
         self.log = tempfile.TemporaryFile()  # noqa: SIM115 (closed in stop)
         self.process = subprocess.Popen(
@@ -89,7 +123,8 @@ class Child:
         self.log.seek(0)
         return self.log.read().decode(errors="replace")
 
-    def wait_ready(self, path: str, timeout: float = 30.0) -> None:
+    def wait_ready(self, path: str | None = None, timeout: float = 90.0) -> None:
+        path = path or self.ready
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -103,10 +138,14 @@ class Child:
         raise RuntimeError(f"{self.name} did not answer on {self.url}{path} within {timeout:.0f} s")
 
     def memory(self) -> dict[str, int]:
-        return memory_kib(self.pid)
+        """The largest process of the group (a target's limit holds per process), and how many there are."""
+        sizes = [memory_kib(pid) for pid in group_pids(self.pid)] or [{}]
+        largest = max(sizes, key=lambda kib: kib.get("VmHWM", 0))
+        return {**largest, "processes": len(sizes)}
 
     def cpu(self) -> float:
-        return cpu_seconds(self.pid)
+        """CPU used so far by the group's live processes: the workers do the work, not the supervisor."""
+        return sum(cpu_seconds(pid) for pid in group_pids(self.pid))
 
     def stop(self, grace: float = 5.0) -> None:
         if self.process.poll() is None:
@@ -130,8 +169,10 @@ class Children:
     def __init__(self) -> None:
         self.children: list[Child] = []
 
-    def start(self, name: str, args: list[str], env: dict[str, str] | None = None, url: str | None = None) -> Child:
-        child = Child(name, args, env, url)
+    def start(
+        self, name: str, args: list[str], env: dict[str, str] | None = None, url: str | None = None, ready: str = "/"
+    ) -> Child:
+        child = Child(name, args, env, url, ready)
         self.children.append(child)
         return child
 

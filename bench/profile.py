@@ -1,7 +1,7 @@
 """Where one gateway call's time goes: the app driven in-process over ASGI, under cProfile.
 
-`python -m bench.profile [--requests N] [--scale]` starts the fast upstream, prepares
-the benchmark's database, runs the real app (create_app from the same environment
+`python -m bench.profile [--requests N] [--scale] [--postgres]` starts the fast upstream,
+prepares the benchmark's database (SQLite, or a PostgreSQL schema of its own), runs the real app (create_app from the same environment
 `gateway serve` reads, lifespan included) and sends it N sequential calls without
 a network in front, so every microsecond left is the gateway's own or its HTTP
 client's. It prints the wall time per call without the profiler, then, per call,
@@ -25,7 +25,6 @@ from typing import Any
 from gateway import logs
 from gateway.app import create_app
 from gateway.settings import from_env
-from gateway.storage import database as db
 
 from . import data
 from .processes import ROOT, Children
@@ -117,19 +116,21 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--scale", action="store_true", help="on the data-scale database")
+    parser.add_argument("--postgres", action="store_true", help="on PostgreSQL (127.0.0.1:5432, database test)")
     parser.add_argument("--top", type=int, default=40)
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
-    options = Options(1, 1, [1], [], "python", args.scale, False, 0, 0, False, 1)
-    with tempfile.TemporaryDirectory(prefix="gateway-profile-") as tmp, Children() as children:
-        run = Run(options, children, Path(tmp))
+    options = Options(1, 1, [1], generator="python", upstream="python", rounds=1)
+    with (
+        tempfile.TemporaryDirectory(prefix="gateway-profile-") as tmp,
+        data.Schemas() as schemas,
+        Children() as children,
+    ):
+        run = Run(options, children, schemas, Path(tmp))
         upstream = run.start_upstream()
-        engine = db.make_engine(f"sqlite:///{tmp}/profile.db")
-        account = data.prepare(engine)
-        if args.scale:
-            data.fill(engine, account)
-        engine.dispose()
-        settings = from_env(data.gateway_env(f"sqlite:///{tmp}/profile.db", upstream))
+        url = schemas.make().url if args.postgres else f"sqlite:///{tmp}/profile.db"
+        account, _ = data.seed(url, scale=args.scale)
+        settings = from_env(data.gateway_env(url, upstream, GATEWAY_HOME=tmp))
         logs.configure(settings.log_level, settings.log_json)
         app = create_app(settings)
         profiler = cProfile.Profile()

@@ -30,7 +30,8 @@ def build_request(url: str, method: str, body: str, headers: list[str]) -> tuple
     return parts.hostname or "127.0.0.1", parts.port or 80, raw
 
 
-async def read_response(reader: asyncio.StreamReader) -> int:
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, list[str]]:
+    """Reads one whole answer; returns its status and its head's lines (the body is read and dropped)."""
     head = await reader.readuntil(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
     status = int(lines[0].split(" ", 2)[1])
@@ -50,7 +51,7 @@ async def read_response(reader: asyncio.StreamReader) -> int:
                 break
     elif length:
         await reader.readexactly(length)
-    return status
+    return status, lines
 
 
 async def connection(
@@ -61,7 +62,7 @@ async def connection(
         while time.monotonic() < deadline:
             started = time.perf_counter_ns()
             writer.write(raw)
-            status = await read_response(reader)
+            status, _ = await read_response(reader)
             latencies.append(time.perf_counter_ns() - started)
             if not 200 <= status < 300:
                 counts["non_2xx"] += 1

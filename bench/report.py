@@ -2,17 +2,53 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 from pathlib import Path
 from typing import Any
 
 from .load import Measurement
 
-REFERENCE = "proxy-httpx"
+# The practical ceiling of forwarding in Python, with one process and with two: every other
+# target's ratio is to the one with as many processes.
+REFERENCE = "proxy-aiohttp"
+REFERENCE_2 = "proxy-aiohttp-2"
 DIRECT = "direct"
+
+
+def reference(target: str) -> str | None:
+    if target in (DIRECT, REFERENCE):
+        return None
+    return REFERENCE_2 if target.endswith("-2") and target != REFERENCE_2 else REFERENCE
+
+
+@dataclasses.dataclass
+class Spread:
+    """A figure measured once per round: its median and its range."""
+
+    median: float
+    low: float
+    high: float
+
+    @classmethod
+    def of(cls, values: list[float]) -> Spread | None:
+        return cls(statistics.median(values), min(values), max(values)) if values else None
+
+
+def compare(
+    rounds: list[Measurement], target: str, other: str, connections: int
+) -> tuple[Spread | None, Spread | None]:
+    """`target` against `other`, round by round (each pair measured side by side): req/s ratio, p50 difference."""
+    ours = {m.round: m for m in rounds if m.target == target and m.connections == connections}
+    theirs = {m.round: m for m in rounds if m.target == other and m.connections == connections}
+    common = sorted(set(ours) & set(theirs))
+    ratios = [ours[r].rps / theirs[r].rps for r in common if theirs[r].rps]
+    deltas = [ours[r].p50_ms - theirs[r].p50_ms for r in common]
+    return Spread.of(ratios), Spread.of(deltas)
 
 
 def machine() -> dict[str, Any]:
@@ -37,8 +73,15 @@ def _find(results: list[Measurement], target: str, connections: int) -> Measurem
     return next((m for m in results if m.target == target and m.connections == connections), None)
 
 
-def rows(results: list[Measurement]) -> list[dict[str, Any]]:
-    """One row per measurement, with `x_proxy` (req/s over the bare proxy's) and `p50_over_direct_ms`."""
+def _rounded(spread: Spread | None, digits: int) -> dict[str, float | None]:
+    if spread is None:
+        return {"median": None, "min": None, "max": None}
+    return {"median": round(spread.median, digits), "min": round(spread.low, digits), "max": round(spread.high, digits)}
+
+
+def rows(results: list[Measurement], rounds: list[Measurement] | None = None) -> list[dict[str, Any]]:
+    """One row per measurement; with `rounds`, each target's req/s ratio and p50 difference to its
+    reference, median and range over the rounds (`x_reference`, `p50_over_reference_ms`)."""
     out = []
     for m in results:
         row: dict[str, Any] = {
@@ -49,43 +92,66 @@ def rows(results: list[Measurement]) -> list[dict[str, Any]]:
             "p99_ms": round(m.p99_ms, 3),
             "errors": m.errors,
             "cpu_us": None if m.cpu_us is None else round(m.cpu_us),
+            "db_cpu_us": None if m.db_cpu_us is None else round(m.db_cpu_us),
             "others_cpu": None if m.others_cpu is None else round(m.others_cpu, 3),
-            "x_proxy": None,
+            "reference": None,
+            "x_reference": None,
+            "p50_over_reference_ms": None,
             "p50_over_direct_ms": None,
         }
-        reference, direct = _find(results, REFERENCE, m.connections), _find(results, DIRECT, m.connections)
-        if m.target not in (REFERENCE, DIRECT) and reference is not None and reference.rps:
-            row["x_proxy"] = round(m.rps / reference.rps, 2)
+        other = reference(m.target)
+        if other is not None and rounds is not None and _find(results, other, m.connections) is not None:
+            ratio, delta = compare(rounds, m.target, other, m.connections)
+            row.update(reference=other, x_reference=_rounded(ratio, 3), p50_over_reference_ms=_rounded(delta, 3))
+        direct = _find(results, DIRECT, m.connections)
         if m.target != DIRECT and direct is not None:
             row["p50_over_direct_ms"] = round(m.p50_ms - direct.p50_ms, 3)
+        if m.round:
+            row["round"] = m.round
         out.append(row)
     return out
 
 
-def ratio_spread(rounds: list[Measurement]) -> list[str]:
-    """Per-round ratios to the bare proxy (measured minutes apart), so their spread is visible."""
-    lines = []
-    targets = sorted({m.target for m in rounds} - {REFERENCE, DIRECT})
-    for connections in sorted({m.connections for m in rounds}):
-        references = [m for m in rounds if m.target == REFERENCE and m.connections == connections]
-        for target in targets:
-            ours = [m for m in rounds if m.target == target and m.connections == connections]
-            if len(ours) < 2 or len(references) != len(ours):
-                continue
-            ratios = [m.rps / r.rps for m, r in zip(ours, references, strict=True) if r.rps]
-            if ratios:
-                lines.append(
-                    f"{target} ÷ {REFERENCE} at {connections} connections, round by round: "
-                    + ", ".join(f"{x:.2f}×" for x in ratios)
-                )
-    return lines
+def ratio_text(spread: dict[str, float | None] | None) -> str:
+    if not spread or spread["median"] is None:
+        return ""
+    if spread["min"] == spread["max"]:
+        return f"{spread['median']:.2f}×"
+    return f"{spread['median']:.2f}× ({spread['min']:.2f}–{spread['max']:.2f})"
+
+
+def delta_text(spread: dict[str, float | None] | None) -> str:
+    if not spread or spread["median"] is None:
+        return ""
+    if spread["min"] == spread["max"]:
+        return f"{spread['median']:+.3f}"
+    return f"{spread['median']:+.3f} ({spread['min']:+.3f}…{spread['max']:+.3f})"
 
 
 def _optional(value: float | None, fmt: str) -> str:
     return "" if value is None else format(value, fmt)
 
 
-def table(results: list[Measurement], markdown: bool = False) -> str:
+def grid(header: list[str], lines: list[list[str]], markdown: bool, left: tuple[int, ...] = (1,)) -> str:
+    """A table as Markdown or as aligned text; columns in `left` are text, the rest numbers."""
+    if markdown:
+        out = [
+            "| " + " | ".join(header) + " |",
+            "|" + "|".join("---" if i in left else "---:" for i in range(len(header))) + "|",
+        ]
+        out += ["| " + " | ".join(line) + " |" for line in lines]
+        return "\n".join(out)
+    widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(header)]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(
+            c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        ).rstrip()
+
+    return "\n".join([line(header), *(line(cells) for cells in lines)])
+
+
+def table(results: list[Measurement], rounds: list[Measurement] | None = None, markdown: bool = False) -> str:
     header = [
         "conns",
         "target",
@@ -94,11 +160,14 @@ def table(results: list[Measurement], markdown: bool = False) -> str:
         "p99 ms",
         "errors",
         "CPU µs/req",
-        "÷ proxy-httpx req/s",
+        "DB CPU µs/req",
+        "reference",
+        "÷ reference req/s (rounds)",
+        "p50 − reference ms (rounds)",
         "p50 − direct ms",
     ]
     lines = []
-    for row in rows(sorted(results, key=lambda m: m.connections)):
+    for row in rows(sorted(results, key=lambda m: m.connections), rounds):
         lines.append(
             [
                 str(row["connections"]),
@@ -108,32 +177,26 @@ def table(results: list[Measurement], markdown: bool = False) -> str:
                 f"{row['p99_ms']:.3f}",
                 str(row["errors"]),
                 _optional(row["cpu_us"], ",.0f"),
-                _optional(row["x_proxy"], ".2f") + ("×" if row["x_proxy"] is not None else ""),
+                _optional(row["db_cpu_us"], ",.0f"),
+                row["reference"] or "",
+                ratio_text(row["x_reference"]),
+                delta_text(row["p50_over_reference_ms"]),
                 _optional(row["p50_over_direct_ms"], "+.3f"),
             ]
         )
-    if markdown:
-        out = [
-            "| " + " | ".join(header) + " |",
-            "|" + "|".join("---:" if i != 1 else "---" for i in range(len(header))) + "|",
-        ]
-        out += ["| " + " | ".join(line) + " |" for line in lines]
-        return "\n".join(out)
-    widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(header)]
-
-    def line(cells: list[str]) -> str:
-        return "  ".join(
-            c.ljust(w) if i == 1 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-        )
-
-    return "\n".join([line(header), *(line(cells) for cells in lines)])
+    return grid(header, lines, markdown, left=(1, 8))
 
 
 def memory_lines(rss: dict[str, dict[str, int]]) -> list[str]:
-    return [
-        f"{name}: peak RSS (VmHWM) {kib.get('VmHWM', 0) / 1024:.1f} MiB, RSS at the end {kib.get('VmRSS', 0) / 1024:.1f} MiB"
-        for name, kib in rss.items()
-    ]
+    out = []
+    for name, kib in rss.items():
+        several = kib.get("processes", 1) > 1
+        which = f" (the largest of its {kib['processes']} processes)" if several else ""
+        out.append(
+            f"{name}: peak RSS (VmHWM) {kib.get('VmHWM', 0) / 1024:.1f} MiB, "
+            f"RSS at the end {kib.get('VmRSS', 0) / 1024:.1f} MiB{which}"
+        )
+    return out
 
 
 def big_response_lines(big: dict[str, Any]) -> list[str]:
@@ -149,12 +212,21 @@ def big_response_lines(big: dict[str, Any]) -> list[str]:
 
 
 def queue_lines(queue: dict[str, Any]) -> list[str]:
+    rounds = queue["rounds"]
+    spread = f" (rounds {queue['calls_per_s_min']:,.0f}–{queue['calls_per_s_max']:,.0f})" if len(rounds) > 1 else ""
+    submitted = ", ".join(f"{r['submitted_s']:.1f}" for r in rounds)
+    statuses: dict[str, int] = {}
+    for r in rounds:
+        for status, count in r["statuses"].items():
+            statuses[status] = statuses.get(status, 0) + count
     return [
-        f"{queue['calls']} calls over {queue['queues']} queues, {queue['workers']} `gateway worker` processes "
-        f"× {queue['concurrency']} slots, PostgreSQL",
-        f"enqueued in {queue['enqueue_s']:.1f} s ({queue['calls'] / queue['enqueue_s']:,.0f}/s, runs.create_pending)",
-        f"drained in {queue['drain_s']:.1f} s: {queue['calls_per_s']:,.0f} calls/s "
-        f"(first start to last end), statuses {queue['statuses']}; "
-        f"worker CPU {queue['worker_cpu_ms_per_call']:.2f} ms per call",
-        f"order held: {queue['order_held']} ({queue['order_detail']})",
+        f"queue drain on PostgreSQL, submission included: {queue['calls']:,} calls a round over {queue['queues']} "
+        f"queues, POSTed to `gateway serve --workers {queue['processes']}` ({queue['concurrency']} worker slots "
+        f"a process), {len(rounds)} round{'s' if len(rounds) > 1 else ''}",
+        f"{queue['calls_per_s']:,.0f} calls/s from the first submission to the last run's end{spread}; "
+        f"submissions took {submitted} s; gateway CPU {queue['cpu_ms_per_call']:.2f} ms per call, "
+        f"PostgreSQL's {queue['db_cpu_ms_per_call']:.2f}; "
+        f"statuses {statuses}",
+        f"order held: {queue['order_held']} ({'; '.join(r['order_detail'] for r in rounds)}); "
+        f"run ids out of submission order: {queue['id_inversions']}",
     ]
