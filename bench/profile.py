@@ -1,10 +1,12 @@
 """Where one gateway call's time goes: the app driven in-process over ASGI, under cProfile.
 
-`python -m bench.profile [--requests N] [--scale] [--postgres]` starts the fast upstream,
-prepares the benchmark's database (SQLite, or a PostgreSQL schema of its own), runs the real app (create_app from the same environment
-`gateway serve` reads, lifespan included) and sends it N sequential calls without
-a network in front, so every microsecond left is the gateway's own or its HTTP
-client's. It prints the wall time per call without the profiler, then, per call,
+`python -m bench.profile [--requests N] [--scale] [--postgres] [--queued]` starts the fast
+upstream, prepares the benchmark's database (SQLite, or a PostgreSQL schema of its own),
+runs the real app (create_app from the same environment `gateway serve` reads, lifespan
+and queue worker included) and sends it N sequential calls without a network in front,
+so every microsecond left is the gateway's own or its HTTP client's. With --queued the
+calls are submissions to 20 named queues (202 at once), drained by the app's own worker
+meanwhile, as in the benchmark's queue drain. It prints the wall time per call without the profiler, then, per call,
 the gateway's own functions (cumulative) and the heaviest functions overall (own time).
 cProfile roughly doubles the cost of small Python functions: read the figures as shares.
 """
@@ -19,6 +21,7 @@ import json
 import pstats
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +34,7 @@ from .processes import ROOT, Children
 from .run import Options, Run
 
 
-def _scope(secret: str) -> dict[str, Any]:
-    path = "/v1/bench/fast"
+def _scope(secret: str, path: str, length: int) -> dict[str, Any]:
     return {
         "type": "http",
         "asgi": {"version": "3.0", "spec_version": "2.4"},
@@ -47,14 +49,14 @@ def _scope(secret: str) -> dict[str, Any]:
             (b"host", b"127.0.0.1"),
             (b"content-type", b"application/json"),
             (b"authorization", f"Bearer {secret}".encode()),
-            (b"content-length", b"13"),
+            (b"content-length", str(length).encode()),
         ],
         "client": ("127.0.0.1", 40000),
         "server": ("127.0.0.1", 8000),
     }
 
 
-async def call(app: Any, secret: str, state: dict[str, Any]) -> int:
+async def call(app: Any, secret: str, state: dict[str, Any], path: str, body: bytes) -> int:
     sent = False
     status = 0
 
@@ -62,7 +64,7 @@ async def call(app: Any, secret: str, state: dict[str, Any]) -> int:
         nonlocal sent
         if not sent:
             sent = True
-            return {"type": "http.request", "body": data.CALL_BODY.encode(), "more_body": False}
+            return {"type": "http.request", "body": body, "more_body": False}
         await asyncio.sleep(3600)
         return {"type": "http.disconnect"}
 
@@ -71,25 +73,40 @@ async def call(app: Any, secret: str, state: dict[str, Any]) -> int:
         if message["type"] == "http.response.start":
             status = message["status"]
 
-    await app({**_scope(secret), "state": dict(state)}, receive, send)
+    await app({**_scope(secret, path, len(body)), "state": dict(state)}, receive, send)
     return status
 
 
-async def drive(app: Any, secret: str, requests: int, profiler: cProfile.Profile) -> dict[str, float]:
+def _calls(queued: bool) -> tuple[str, int, Callable[[int], bytes]]:
+    """The path, the expected status, and the n-th call's body."""
+    if not queued:
+        return "/v1/bench/fast", 200, lambda n: data.CALL_BODY.encode()
+
+    def submission(n: int) -> bytes:
+        queue = f"q{n % 20}"
+        return json.dumps({"params": {"queue": queue, "seq": n}, "queue": queue}).encode()
+
+    return "/v1/bench/record", 202, submission
+
+
+async def drive(
+    app: Any, secret: str, requests: int, profiler: cProfile.Profile, queued: bool = False
+) -> dict[str, float]:
+    path, expected, body = _calls(queued)
     state: dict[str, Any] = {}
     async with app.router.lifespan_context(app) as lifespan_state:
         state.update(lifespan_state or {})
-        for _ in range(200):
-            assert await call(app, secret, state) == 200
+        for n in range(200):
+            assert await call(app, secret, state, path, body(n)) == expected
         started, cpu = time.perf_counter(), time.process_time()
-        for _ in range(requests):
-            await call(app, secret, state)
+        for n in range(requests):
+            await call(app, secret, state, path, body(n))
         plain = (time.perf_counter() - started) / requests
         plain_cpu = (time.process_time() - cpu) / requests
         profiler.enable()
         started = time.perf_counter()
-        for _ in range(requests):
-            await call(app, secret, state)
+        for n in range(requests):
+            await call(app, secret, state, path, body(n))
         profiled = (time.perf_counter() - started) / requests
         profiler.disable()
     return {"plain_us": plain * 1e6, "plain_cpu_us": plain_cpu * 1e6, "profiled_us": profiled * 1e6}
@@ -117,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--scale", action="store_true", help="on the data-scale database")
     parser.add_argument("--postgres", action="store_true", help="on PostgreSQL (127.0.0.1:5432, database test)")
+    parser.add_argument("--queued", action="store_true", help="queued submissions instead of direct calls")
     parser.add_argument("--top", type=int, default=40)
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
@@ -137,12 +155,12 @@ def main(argv: list[str] | None = None) -> int:
         try:
             import uvloop
         except ImportError:  # pragma: no cover
-            timing = asyncio.run(drive(app, account.secret, args.requests, profiler))
+            timing = asyncio.run(drive(app, account.secret, args.requests, profiler, args.queued))
         else:
-            timing = uvloop.run(drive(app, account.secret, args.requests, profiler))
+            timing = uvloop.run(drive(app, account.secret, args.requests, profiler, args.queued))
     summary = summarise(profiler, args.requests, args.top)
     print(
-        f"{args.requests} sequential calls in-process: {timing['plain_us']:.0f} µs per call, "
+        f"{args.requests} sequential {'submissions' if args.queued else 'calls'} in-process: {timing['plain_us']:.0f} µs per call, "
         f"{timing['plain_cpu_us']:.0f} µs of this process's CPU ({timing['profiled_us']:.0f} µs under cProfile)\n"
     )
     print("gateway functions, cumulative µs per call (under cProfile)")

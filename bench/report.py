@@ -211,6 +211,10 @@ def big_response_lines(big: dict[str, Any]) -> list[str]:
     ]
 
 
+def _each_round(details: list[str]) -> str:
+    return f"each round: {details[0]}" if len(set(details)) == 1 and len(details) > 1 else "; ".join(details)
+
+
 def queue_lines(queue: dict[str, Any]) -> list[str]:
     rounds = queue["rounds"]
     spread = f" (rounds {queue['calls_per_s_min']:,.0f}–{queue['calls_per_s_max']:,.0f})" if len(rounds) > 1 else ""
@@ -227,6 +231,6 @@ def queue_lines(queue: dict[str, Any]) -> list[str]:
         f"submissions took {submitted} s; gateway CPU {queue['cpu_ms_per_call']:.2f} ms per call, "
         f"PostgreSQL's {queue['db_cpu_ms_per_call']:.2f}; "
         f"statuses {statuses}",
-        f"order held: {queue['order_held']} ({'; '.join(r['order_detail'] for r in rounds)}); "
+        f"order held: {queue['order_held']} ({_each_round([r['order_detail'] for r in rounds])}); "
         f"run ids out of submission order: {queue['id_inversions']}",
     ]
