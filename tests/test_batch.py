@@ -14,6 +14,7 @@ from sqlalchemy.exc import DBAPIError
 
 from gateway.core import limits
 from gateway.crypto import Box
+from gateway.errors import DatabaseTimeout
 from gateway.storage import database as db
 from gateway.storage import history, keys, runs, users
 from gateway.storage.batch import Batcher
@@ -225,3 +226,38 @@ def test_the_history_pages_show_a_call_whose_row_still_waits_for_its_commit(engi
 def _count_runs(engine: Engine) -> int:
     with engine.connect() as c:
         return c.execute(text("SELECT count(*) FROM runs")).scalar_one()
+
+
+def test_a_count_whose_caller_gave_up_is_given_back(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # A database that holds a commit past GATEWAY_DATABASE_TIMEOUT: the caller answers 503 and never
+    # goes upstream, so its count, committed later, must not use up the day's limit.
+    engine = db.make_engine(f"sqlite:///{tmp_path / 'g.db'}")
+    db.upgrade(engine)
+    day = dt.date(2026, 12, 1)
+    blocker = engine.raw_connection()
+    blocker.execute("BEGIN IMMEDIATE")  # the write lock: the batch's commit waits for it
+
+    async def go() -> None:
+        batcher = Batcher(engine, timeout=0.2)
+        with pytest.raises(DatabaseTimeout):
+            await batcher.counted([("user:7", 5)], day)
+        await asyncio.to_thread(blocker.rollback)  # the database answers again
+        await batcher.settle()  # the held count's commit, then its refund's
+        await batcher.aclose()
+
+    run(go())
+    blocker.close()
+    with engine.connect() as c:
+        assert c.execute(select(DailyUsage.count).where(DailyUsage.subject == "user:7")).scalar_one() == 0
+    engine.dispose()
+
+
+def test_caches_drop_the_least_recently_used_entry_not_everything() -> None:
+    from gateway.storage.caches import Cache
+
+    cache: Cache[int] = Cache(ttl=60, maxsize=3)
+    for key in ("a", "b", "c"):
+        cache.put(key, 1)
+    assert cache.get("a") == 1  # used: "b" is now the least recently used
+    cache.put("d", 1)
+    assert [cache.get(k) for k in ("a", "b", "c", "d")] == [1, None, 1, 1]
