@@ -25,8 +25,8 @@ from sqlalchemy.exc import ArgumentError
 
 logger = logging.getLogger(__name__)
 
-PACKAGE_ROOT = Path(__file__).resolve().parent.parent
-BUILTIN_INTEGRATIONS = PACKAGE_ROOT / "integrations"
+# Shipped inside the package, so an install from a wheel has them too.
+BUILTIN_INTEGRATIONS = Path(__file__).resolve().parent / "integrations"
 APP_NAME = "integration-gateway"
 # Where the gateway kept its data before GATEWAY_HOME: relative to the folder it was started from.
 LEGACY_DATA_DIR = Path(".gateway")

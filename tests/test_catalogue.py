@@ -21,7 +21,7 @@ from gateway.specs.spec import ApiKeyAuth, OAuth2Auth
 from gateway.upstream.build import build_request
 
 ROOT = Path(__file__).resolve().parents[1]
-FOLDER = ROOT / "integrations"
+FOLDER = ROOT / "gateway" / "integrations"
 REGISTRY = load_registry([FOLDER])
 TOKEN = {"Authorization": "Bearer test-token"}
 CLOUD_ID = "11223344-a1b2-3b33-c444-def123456789"

@@ -14,7 +14,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def catalogue_endpoints():  # type: ignore[no-untyped-def]
-    return load_registry([ROOT / "integrations", ROOT / "tests" / "integrations", ROOT / "bench" / "specs"]).endpoints()
+    return load_registry(
+        [ROOT / "gateway" / "integrations", ROOT / "tests" / "integrations", ROOT / "bench" / "specs"]
+    ).endpoints()
 
 
 ISSUE = {"repo": "acme/webapp", "title": "t"}

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from gateway.settings import BUILTIN_INTEGRATIONS
 from gateway.specs.registry import load_file, load_registry
 from gateway.specs.spec import SpecError
 
@@ -103,7 +104,7 @@ def test_duplicate_names_across_folders(tmp_path: Path) -> None:
 
 
 def test_every_builtin_spec_validates() -> None:
-    registry = load_registry([Path(__file__).resolve().parents[1] / "integrations"])
+    registry = load_registry([BUILTIN_INTEGRATIONS])
     assert registry.get("github") is not None
     assert len(registry.get("github").endpoints) >= 15
 
@@ -167,3 +168,9 @@ def test_a_nested_format_the_gateway_does_not_check_is_refused(tmp_path: Path) -
     )
     with pytest.raises(SpecError, match="format 'uuid' is not one the gateway checks"):
         load_file(write(tmp_path, data))
+
+
+def test_a_spec_path_that_names_nothing_is_refused(tmp_path: Path) -> None:
+    # Before, a missing folder loaded no spec and said nothing (two tests read a moved folder that way).
+    with pytest.raises(SpecError, match="no such spec file or folder"):
+        load_registry([tmp_path / "missing"])

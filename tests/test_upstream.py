@@ -15,15 +15,13 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from gateway.core.runtime import clients
 from gateway.errors import BadRequest, UpstreamResponseTooLarge
-from gateway.settings import Settings
+from gateway.settings import BUILTIN_INTEGRATIONS, Settings
 from gateway.specs.registry import load_registry
 from gateway.upstream import build as upstream
 from tests.conftest import Gateway
 from tests.servers import ServerThread
 
-REGISTRY = load_registry(
-    [Path(__file__).parent / "integrations", Path(__file__).parents[1] / "integrations" / "github.yaml"]
-)
+REGISTRY = load_registry([Path(__file__).parent / "integrations", BUILTIN_INTEGRATIONS / "github.yaml"])
 
 
 def endpoint(integration: str, name: str):  # type: ignore[no-untyped-def]

@@ -16,6 +16,7 @@ import http
 import inspect
 import secrets
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -29,11 +30,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.core.runtime import Services
 from gateway.jsoncodec import has_lone_surrogate
-from gateway.settings import PACKAGE_ROOT, Settings
+from gateway.settings import Settings
 from gateway.storage import sessions, users
 from gateway.storage.models import User, utcnow
 
-TEMPLATES = PACKAGE_ROOT / "templates"
+TEMPLATES = Path(__file__).resolve().parent / "templates"
 STATIC = TEMPLATES / "static"
 PAGE_PREFIXES = ("/dashboard", "/oauth/", "/static/")
 LOGIN_PATH = "/dashboard/login"

@@ -13,12 +13,14 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from gateway.settings import BUILTIN_INTEGRATIONS, PACKAGE_ROOT
+from gateway.settings import BUILTIN_INTEGRATIONS
 from gateway.specs.registry import Registry, load_registry
 from gateway.specs.spec import CompiledEndpoint
 
-README = PACKAGE_ROOT / "README.md"
-GUIDE = PACKAGE_ROOT / "docs" / "integrations.md"
+# A development tool: it rewrites the checkout's README and guide.
+REPOSITORY = Path(__file__).resolve().parents[2]
+README = REPOSITORY / "README.md"
+GUIDE = REPOSITORY / "docs" / "integrations.md"
 TABLE_MARKERS = ("<!-- integrations:start -->", "<!-- integrations:end -->")
 ENDPOINT_MARKERS = ("<!-- endpoints:start -->", "<!-- endpoints:end -->")
 COMMAND = "python -m gateway.specs.catalogue"
@@ -103,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.check:
             path.write_text(replace_section(text, markers, content), encoding="utf-8")
     for path in stale:
-        print(f"{'stale' if args.check else 'rewrote'} {path.relative_to(PACKAGE_ROOT)}")
+        print(f"{'stale' if args.check else 'rewrote'} {path.relative_to(REPOSITORY)}")
     return 1 if stale and args.check else 0
 
 

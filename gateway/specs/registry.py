@@ -141,6 +141,9 @@ def spec_files(folders: Iterable[Path]) -> list[Path]:
     for folder in folders:
         if folder.is_file():
             files.append(folder)
+        elif not folder.is_dir():
+            # A path that names nothing would otherwise load no spec from it, silently.
+            raise SpecError(f"{folder}: no such spec file or folder")
         else:
             files.extend(sorted(folder.glob("*.yaml")) + sorted(folder.glob("*.yml")))
     return files
