@@ -46,10 +46,6 @@ class Cache(Generic[V]):
             for key in [k for k, v in self._data.items() if predicate(k, v)]:
                 self._data.pop(key, None)
 
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._data)
-
 
 # A key's last use is written at most this often per process.
 TOUCH_SECONDS = 60.0

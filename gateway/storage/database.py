@@ -150,10 +150,7 @@ class Database:
     ) -> T:
         """`fn(engine, *args, **kwargs)` in a thread, once pending batched writes are committed."""
         await self.settle()
-        loop = asyncio.get_running_loop()
-        return await self.within(
-            loop.run_in_executor(self._threads, functools.partial(fn, self.engine, *args, **kwargs))
-        )
+        return await self.run_unsettled(fn, *args, **kwargs)
 
     async def run_unsettled(self, fn: Callable[Concatenate[Engine, P], T], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """`run` for what never reads batched rows (keys, connections): no wait for a commit."""
