@@ -10,7 +10,7 @@ import pytest
 import uvloop
 from sqlalchemy import select, text
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from gateway.core import limits
 from gateway.crypto import Box
@@ -98,6 +98,61 @@ def test_counts_in_one_commit_stay_exact_and_all_or_none(engine: Engine) -> None
     with engine.connect() as c:
         counts = dict(c.execute(select(DailyUsage.subject, DailyUsage.count)).all())
     assert counts == {"user:1": 7, "key:1": 7, "user:2": 0, "key:2": 0}
+
+
+@pytest.mark.parametrize("database_url", ["sqlite", "postgres"], indirect=True)
+def test_queued_calls_are_stored_with_their_counts_in_one_transaction(engine: Engine) -> None:
+    """A queued submission is a count and a row written together: within the limit both land,
+    with the call's place in its queue; past it, neither. A twin Idempotency-Key fails that call
+    alone, its count undone, and the rest of the batch commits."""
+    user_id = users.create(engine, "queued@example.com", "correct horse battery").id
+    key, _ = keys.create(engine, user_id, daily_limit=3)
+    narrow, _ = keys.create(engine, user_id, integrations=["other"])
+    day = limits.today()
+    subjects = [(limits.user_subject(user_id), None), (limits.key_subject(key.id), 3)]
+
+    def record(queue: str) -> RunRecord:
+        made = RunRecord.for_call(key, "fakeapi", "echo")
+        made.queue_name = queue
+        return made
+
+    by_orm = record("q")
+    runs.create_pending(engine, BOX, record=by_orm, params={"n": 0}, idempotency_key="k0", request_hash="h")
+    records = [record("q") for _ in range(4)]
+    twin = record("q")
+
+    async def go() -> list[object]:
+        batcher = Batcher(engine)
+        futures = [
+            batcher.enqueue(subjects, day, runs.queued(batcher, BOX, key, record=r, params={"n": n}))
+            for n, r in enumerate(records)
+        ]
+        # The same Idempotency-Key as the row stored above (counted for the person only): refused, alone.
+        guarded = runs.queued(batcher, BOX, key, record=twin, params={"n": 9}, idempotency_key="k0", request_hash="h")
+        futures.append(batcher.enqueue(subjects[:1], day, guarded))
+        futures.append(batcher.count([(limits.user_subject(user_id), None)], day))  # a direct call's count
+        results = list(await asyncio.gather(*futures, return_exceptions=True))
+        await batcher.aclose()
+        return results
+
+    results = run(go())
+    # The row made through the ORM is first in queue q; three more fit the key's limit of 3.
+    # (The direct call's count may commit before or after them: only the key's counts are ordered.)
+    assert [(r[0][1], r[1]) for r in results[:3]] == [(1, 2), (2, 3), (3, 4)]  # type: ignore[index]
+    assert results[3] == (1, 0)  # the key's limit: subject 1 refused, nothing written
+    assert isinstance(results[4], IntegrityError)
+    assert sorted([r[0][0] for r in results[:3]] + results[5]) == [1, 2, 3, 4]  # type: ignore[index,operator]
+    with engine.connect() as c:
+        counts = dict(c.execute(select(DailyUsage.subject, DailyUsage.count)).all())
+        stored = set(c.execute(select(Run.id)).scalars())
+    assert counts == {f"user:{user_id}": 4, f"key:{key.id}": 3}
+    assert stored == {by_orm.id, *(r.id for r in records[:3])}
+    orm, batched = _stored(engine, by_orm.id), _stored(engine, records[0].id)
+    differing = {k for k in orm if orm[k] != batched[k]}
+    assert differing == {"id", "created_at", "request", "idempotency_key", "request_hash"}
+    assert runs.request_of(BOX, runs.get(engine, records[0].id, user_id)) == {"params": {"n": 0}}  # type: ignore[arg-type]
+    # A key that sees only another integration counts none of these calls as ahead of its own.
+    assert runs.in_queue(engine, narrow, "q") == 0 and runs.in_queue(engine, key, "q") == 4
 
 
 def test_a_write_waits_for_calls_in_flight_but_not_longer_than_needed(tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -25,7 +25,7 @@ from gateway.core import links
 from gateway.core.plans import Plan
 from gateway.errors import DailyLimitReached, PlanLimitReached
 from gateway.settings import Settings
-from gateway.storage.batch import Batcher
+from gateway.storage.batch import Batcher, Queued
 from gateway.storage.models import ApiKey, Connection, DailyUsage, utcnow
 
 
@@ -34,6 +34,8 @@ class Usage:
     limit: int | None
     remaining: int | None
     reset: dt.datetime
+    # A queued call's place in its queue, counted in the transaction that stored it.
+    in_queue: int | None = None
 
     def headers(self) -> dict[str, str]:
         if self.limit is None:
@@ -76,10 +78,15 @@ def _subjects(key: ApiKey, plan: Plan) -> list[tuple[str, int | None]]:
     return subjects
 
 
-async def reserve(batcher: Batcher, settings: Settings, key: ApiKey, plan: Plan) -> Usage:
-    """Counts one call against the person's and the key's limits, or raises daily_limit_reached."""
+async def reserve(batcher: Batcher, settings: Settings, key: ApiKey, plan: Plan, queued: Queued | None = None) -> Usage:
+    """Counts one call against the person's and the key's limits, or raises daily_limit_reached.
+    With `queued`, the queued call's row is stored with its count, or not at all."""
     subjects = _subjects(key, plan)
-    counted = await batcher.counted(subjects, today())
+    place = None
+    if queued is None:
+        counted = await batcher.counted(subjects, today())
+    else:
+        counted, place = await batcher.enqueued(subjects, today(), queued)
     if isinstance(counted, int):
         subject, limit = subjects[counted]
         reset = next_reset()
@@ -94,9 +101,11 @@ async def reserve(batcher: Batcher, settings: Settings, key: ApiKey, plan: Plan)
                 "X-RateLimit-Reset": str(int(reset.timestamp())),
             },
         )
-    return _tightest(
+    usage = _tightest(
         [(limit, limit - count) for (_, limit), count in zip(subjects, counted, strict=True) if limit is not None]
     )
+    usage.in_queue = place
+    return usage
 
 
 def refund(batcher: Batcher, key: ApiKey) -> None:

@@ -25,7 +25,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr,
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
-from gateway.core import callbacks, limits
+from gateway.core import approvals, callbacks, limits
 from gateway.core.execute import CallResult, admit, answer_status, execute
 from gateway.core.runtime import Services
 from gateway.core.tools import resolve
@@ -243,19 +243,15 @@ async def _enqueue(
         idempotency_key=idempotency.key if idempotency else None,
         request_hash=idempotency.fingerprint if idempotency else None,
     )
-    usage, held = await admit(services, key, endpoint, params, record, **queued)
-    if held is not None:
-        return CallResult(http_status=202, body=held, headers={"X-Run-Id": record.id, **usage.headers()})
-
-    try:
-        in_queue = await services.db.run_unsettled(
-            runs.enqueue, services.box, key, record=record, params=params, **queued
-        )
-    except Exception:
-        limits.refund(services.batcher, key)
-        raise
+    if approvals.needed(key, endpoint):
+        usage, held = await admit(services, key, endpoint, params, record, **queued)
+        return CallResult(http_status=202, body=held or {}, headers={"X-Run-Id": record.id, **usage.headers()})
+    plan = await services.plans.of(services.db, key.user_id)
+    row = runs.queued(services.batcher, services.box, key, record=record, params=params, **queued)
+    # The count and the row are one write: a call over its limit stores nothing, and no refund is owed.
+    usage = await limits.reserve(services.batcher, services.settings, key, plan, queued=row)
     services.notify_queue()
-    return _queued(record.id, "pending", record.queue_name, in_queue, usage.headers())
+    return _queued(record.id, "pending", record.queue_name, usage.in_queue or 0, usage.headers())
 
 
 def _in_queue(engine: Engine, key: ApiKey, run: Run) -> int:

@@ -12,6 +12,9 @@ go together with the next.
 - A count is awaited: the call goes upstream only once its count is committed, so limits
   stay exact across processes. A transaction that fails fails every count in it with a
   DBAPIError (the call answers 503; the transaction rolled back, nothing is half-written).
+- A queued call is a count with its row: the count, the pending row and its place in its queue
+  are written in one transaction with the other queued calls of the moment, and the caller
+  gets its 202 once that commits. A limit already reached writes no row.
 - A run row and a refund are not awaited: the answer goes out first and the row follows
   with the next commit, at most ROW_DELAY later. Every read through `Database` settles
   first (`Batcher.settle`), so a process always shows the calls it answered. A row that cannot be written is logged and counted
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import logging
 from collections.abc import Awaitable, Callable
@@ -35,7 +39,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import DateTime, Table
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from gateway import jsoncodec
 from gateway.errors import DatabaseTimeout
@@ -138,19 +142,67 @@ class Statements:
             f"SELECT {', '.join(self.run_columns)} FROM json_populate_recordset(NULL::{table.name}, %s::json)) "
             "SELECT gateway_count(%s::text[], %s::date[], %s::text[], %s::integer[], %s::integer[], %s::date[])"
         )
-        processors = [_processor(c, dialect) for c in columns]
-        self.run_processors: list[tuple[int, Callable[[Any], Any]]] = [
-            (index, process) for index, process in enumerate(processors) if process is not None
-        ]
+        self.run_processors = _processors(columns, dialect)
+        # A queued call's row names every column; its place counts the calls ahead of it in its queue.
+        self.pending_columns = [c.name for c in table.columns]
+        self.pending_processors = _processors(list(table.columns), dialect)
+        self.insert_pending = (
+            f"INSERT INTO {table.name} ({', '.join(self.pending_columns)}) "
+            f"VALUES ({', '.join(mark for _ in self.pending_columns)})"
+        )
+        self.mark = mark
+        self.position = (
+            f"SELECT count(*) FROM {table.name} WHERE user_id = {mark} AND queue_name = {mark} "
+            f"AND status IN ('pending', 'running') AND id <= {mark}"
+        )
         day_type = DailyUsage.__table__.c.day.type  # type: ignore[attr-defined]
         self.day_processor = day_type.dialect_impl(dialect).bind_processor(dialect) or (lambda value: value)
 
     def run_row(self, values: dict[str, Any]) -> list[Any]:
-        row = list(map(values.get, self.run_columns))
-        for index, process in self.run_processors:
-            if row[index] is not None:
-                row[index] = process(row[index])
-        return row
+        return _row(values, self.run_columns, self.run_processors)
+
+    def pending_row(self, values: dict[str, Any]) -> list[Any]:
+        return _row(values, self.pending_columns, self.pending_processors)
+
+    def place(self, queued: Queued) -> tuple[str, list[Any]]:
+        """The statement and arguments that count a queued call's place, as the key that queued it
+        sees its queue (storage.keys.visible)."""
+        args: list[Any] = [queued.user_id, queued.queue_name, queued.run_id]
+        if queued.integrations is None:
+            return self.position, args
+        marks = ", ".join(self.mark for _ in queued.integrations) or "NULL"
+        return f"{self.position} AND (integration IS NULL OR integration IN ({marks}))", [
+            *args,
+            *queued.integrations,
+        ]
+
+
+def _processors(columns: list[Any], dialect: Any) -> list[tuple[int, Callable[[Any], Any]]]:
+    processors = [_processor(c, dialect) for c in columns]
+    return [(index, process) for index, process in enumerate(processors) if process is not None]
+
+
+def _row(values: dict[str, Any], columns: list[str], processors: list[tuple[int, Callable[[Any], Any]]]) -> list[Any]:
+    row = list(map(values.get, columns))
+    for index, process in processors:
+        if row[index] is not None:
+            row[index] = process(row[index])
+    return row
+
+
+@dataclasses.dataclass
+class Queued:
+    """A queued call's pending row (every column, as Statements.pending_row makes it) and what
+    places it in its queue."""
+
+    row: list[Any]
+    user_id: int
+    queue_name: str
+    run_id: str
+    # The integrations the key that queued it may see (None: all): its place counts only those.
+    integrations: list[str] | None
+    # With an Idempotency-Key, a twin may get there first: this one then fails alone.
+    guarded: bool = False
 
 
 class Batcher:
@@ -173,7 +225,7 @@ class Batcher:
         self._handed = 0
         self._done = 0
         self._settling: list[tuple[int, asyncio.Future[None]]] = []
-        self._counts: list[tuple[Subjects, Any, asyncio.Future[list[int] | int]]] = []
+        self._counts: list[tuple[Subjects, Any, asyncio.Future[Any], Queued | None]] = []
         self._refunds: list[tuple[list[str], Any]] = []
         self._rows: list[list[Any]] = []
         self._scheduled = False
@@ -183,6 +235,7 @@ class Batcher:
         self.calls = 0
         self._connection: Any = None
         self._dbapi_error: type[Exception] = engine.dialect.loaded_dbapi.Error
+        self._integrity_error: type[Exception] = engine.dialect.loaded_dbapi.IntegrityError
         # Called with the number of run rows a failed batch lost.
         self.on_lost: Callable[[int], None] = lambda rows: None
 
@@ -190,8 +243,17 @@ class Batcher:
         """Adds one call to each subject's count for `day`, all or none. Resolves to the new
         counts, or to the index of the first subject whose limit was already reached (then
         no subject was counted)."""
-        future: asyncio.Future[list[int] | int] = asyncio.get_running_loop().create_future()
-        self._counts.append((subjects, self.sql.day_processor(day), future))
+        return self._add_count(subjects, day, None)
+
+    def enqueue(self, subjects: Subjects, day: dt.date, queued: Queued) -> asyncio.Future[tuple[list[int] | int, int]]:
+        """`count`, and when counted the queued call's row, in one transaction. Resolves to the
+        count's result and the call's place in its queue (0 when the limit was reached and nothing
+        was written); fails with IntegrityError when a guarded row's twin is already stored."""
+        return self._add_count(subjects, day, queued)
+
+    def _add_count(self, subjects: Subjects, day: dt.date, queued: Queued | None) -> asyncio.Future[Any]:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._counts.append((subjects, self.sql.day_processor(day), future, queued))
         self._handed += 1
         if self.calls <= 1:
             # Alone in the process: nothing can join this commit, so waiting a turn of the loop
@@ -208,6 +270,11 @@ class Batcher:
     async def counted(self, subjects: Subjects, day: dt.date) -> list[int] | int:
         """`count`, awaited at most `timeout`: a count given up is not made (or is refunded)."""
         return await within(self.count(subjects, day), self.timeout)
+
+    async def enqueued(self, subjects: Subjects, day: dt.date, queued: Queued) -> tuple[list[int] | int, int]:
+        """`enqueue`, awaited at most `timeout`. One given up before its commit is not written; one
+        given up during it stays queued, as a request whose answer was lost would."""
+        return await within(self.enqueue(subjects, day, queued), self.timeout)
 
     def refund(self, subjects: list[str], day: dt.date) -> None:
         """Takes one call back from each subject's count."""
@@ -268,14 +335,17 @@ class Batcher:
             logger.error("a batch of %d counts and %d run rows failed: %s", len(counts), rows, type(error).__name__)
             if rows:
                 self.on_lost(rows)
-            for _, _, future in counts:
+            for _, _, future, _ in counts:
                 if not future.done():
                     future.set_exception(error)
         else:
-            for (subjects, day, future), result in zip(counts, done.result(), strict=True):
-                if not future.done():
+            for (subjects, day, future, queued), result in zip(counts, done.result(), strict=True):
+                if isinstance(result, self._integrity_error):
+                    if not future.done():
+                        future.set_exception(IntegrityError("queued call", None, result))
+                elif not future.done():
                     future.set_result(result)
-                elif isinstance(result, list):
+                elif isinstance(result, list) and queued is None:
                     # Counted, but its caller stopped waiting (and answered without calling): give it back.
                     self._refunds.append(([subject for subject, _ in subjects], day))
                     self._handed += 1
@@ -306,10 +376,10 @@ class Batcher:
 
     def _run(
         self,
-        counts: list[tuple[Subjects, Any, asyncio.Future[Any]]],
+        counts: list[tuple[Subjects, Any, asyncio.Future[Any], Queued | None]],
         refunds: list[tuple[list[str], Any]],
         rows: list[list[Any]],
-    ) -> list[list[int] | int]:
+    ) -> list[Any]:
         if self._connection is None:
             self._connection = self._connect()
         connection = self._connection
@@ -318,9 +388,27 @@ class Batcher:
         except BaseException:
             self._drop_connection()
             raise
+        plain = [(index, c) for index, c in enumerate(counts) if c[3] is None]
+        queued = [(index, c) for index, c in enumerate(counts) if c[3] is not None]
+        results: list[Any] = [None] * len(counts)
         if self.sql.one_statement:
             try:
-                return self._run_one_statement(cursor, counts, refunds, rows)
+                if plain or refunds or rows or not queued:
+                    answers = self._run_one_statement(cursor, [c for _, c in plain], refunds, rows)
+                    for (index, _), answer in zip(plain, answers, strict=True):
+                        results[index] = answer
+                if queued:
+                    # Autocommit is this connection's mode: the queued calls need a transaction of their own.
+                    cursor.execute("BEGIN")
+                    try:
+                        for index, (subjects, day, _, item) in queued:
+                            results[index] = self._enqueue(cursor, subjects, day, item)
+                        cursor.execute("COMMIT")
+                    except BaseException:
+                        with contextlib.suppress(Exception):
+                            cursor.execute("ROLLBACK")
+                        raise
+                return results
             except BaseException as exc:
                 if isinstance(exc, self._dbapi_error):
                     self._drop_connection()
@@ -336,7 +424,12 @@ class Batcher:
             for subjects, day in refunds:
                 for subject in subjects:
                     cursor.execute(self.sql.decrement, (subject, day))
-            results = [self._count(cursor, subjects, day) for subjects, day, _ in counts]
+            for index, (subjects, day, _, _) in plain:
+                results[index] = self._count(cursor, subjects, day)
+            if queued and not connection.driver_connection.in_transaction:
+                cursor.execute("BEGIN")  # so that a guarded call's savepoint is inside this transaction
+            for index, (subjects, day, _, item) in queued:
+                results[index] = self._enqueue(cursor, subjects, day, item)
             connection.commit()
             return results
         except BaseException as exc:
@@ -352,16 +445,16 @@ class Batcher:
     def _run_one_statement(
         self,
         cursor: Any,
-        counts: list[tuple[Subjects, Any, asyncio.Future[Any]]],
+        counts: list[tuple[Subjects, Any, asyncio.Future[Any], Queued | None]],
         refunds: list[tuple[list[str], Any]],
         rows: list[list[Any]],
     ) -> list[list[int] | int]:
         refund_subjects = [subject for subjects, _ in refunds for subject in subjects]
         refund_days = [day for subjects, day in refunds for _ in subjects]
-        subjects = [subject for call, _, _ in counts for subject, _ in call]
-        limits = [limit for call, _, _ in counts for _, limit in call]
-        calls = [index for index, (call, _, _) in enumerate(counts) for _ in call]
-        days = [day for call, day, _ in counts for _ in call]
+        subjects = [subject for call, _, _, _ in counts for subject, _ in call]
+        limits = [limit for call, _, _, _ in counts for _, limit in call]
+        calls = [index for index, (call, _, _, _) in enumerate(counts) for _ in call]
+        days = [day for call, day, _, _ in counts for _ in call]
         records = [dict(zip(self.sql.run_columns, map(_json_value, row), strict=True)) for row in rows]
         cursor.execute(
             self.sql.batch,
@@ -370,11 +463,33 @@ class Batcher:
         answer = cursor.fetchone()[0] or []
         results: list[list[int] | int] = []
         at = 0
-        for call, _, _ in counts:
+        for call, _, _, _ in counts:
             values = answer[at : at + len(call)]
             at += len(call)
             results.append(values.index(-1) if -1 in values else list(values))
         return results
+
+    def _enqueue(self, cursor: Any, subjects: Subjects, day: Any, queued: Queued) -> Any:
+        """One queued call inside the batch's transaction: its count, then its row and its place."""
+        if queued.guarded:
+            cursor.execute("SAVEPOINT gateway_queued")
+        try:
+            counted = self._count(cursor, subjects, day)
+            if isinstance(counted, int):
+                return counted, 0
+            cursor.execute(self.sql.insert_pending, queued.row)
+            cursor.execute(*self.sql.place(queued))
+            place = int(cursor.fetchone()[0])
+        except self._integrity_error as exc:
+            if not queued.guarded:
+                raise
+            # Its twin (the same Idempotency-Key) is stored: this call alone is undone, count included.
+            cursor.execute("ROLLBACK TO SAVEPOINT gateway_queued")
+            cursor.execute("RELEASE SAVEPOINT gateway_queued")
+            return exc
+        if queued.guarded:
+            cursor.execute("RELEASE SAVEPOINT gateway_queued")
+        return counted, place
 
     def _count(self, cursor: Any, subjects: Subjects, day: Any) -> list[int] | int:
         counts: list[int] = []

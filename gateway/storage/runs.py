@@ -20,7 +20,7 @@ from sqlalchemy.engine import Engine
 from gateway import jsoncodec
 from gateway.crypto import Box
 from gateway.storage import keys
-from gateway.storage.batch import Batcher
+from gateway.storage.batch import Batcher, Queued
 from gateway.storage.models import ApiKey, Run, from_row, is_active, new_id, utcnow
 
 TERMINAL = ("completed", "failed", "timeout", "cancelled")
@@ -187,12 +187,19 @@ def create_pending(engine: Engine, box: Box, *, record: RunRecord, params: dict[
         c.execute(Run.__table__.insert().values(**_pending_values(box, record, params, **queued)))
 
 
-def enqueue(engine: Engine, box: Box, key: ApiKey, *, record: RunRecord, params: dict[str, Any], **queued: Any) -> int:
-    """Stores a queued call and answers its place in its queue, in one transaction: what a queued
-    submission costs the database."""
-    with engine.begin() as c:
-        c.execute(Run.__table__.insert().values(**_pending_values(box, record, params, **queued)))
-        return int(c.execute(_in_queue(key, record.queue_name or record.id, record.id)).scalar_one())
+def queued(
+    batcher: Batcher, box: Box, key: ApiKey, *, record: RunRecord, params: dict[str, Any], **queued: Any
+) -> Queued:
+    """A queued call's row, for the batch that writes it with its count (limits.reserve): one
+    transaction, shared with the other submissions of the moment, is what a queued call costs."""
+    return Queued(
+        row=batcher.sql.pending_row(_pending_values(box, record, params, **queued)),
+        user_id=key.user_id,
+        queue_name=record.queue_name or record.id,
+        run_id=record.id,
+        integrations=None if key.integrations is None else list(key.integrations),
+        guarded=queued.get("idempotency_key") is not None,
+    )
 
 
 def _pending_values(
