@@ -316,3 +316,18 @@ def test_caches_drop_the_least_recently_used_entry_not_everything() -> None:
     assert cache.get("a") == 1  # used: "b" is now the least recently used
     cache.put("d", 1)
     assert [cache.get(k) for k in ("a", "b", "c", "d")] == [1, None, 1, 1]
+
+
+def test_a_cache_entry_is_not_served_past_its_ttl() -> None:
+    from gateway.storage.caches import Cache
+
+    # A TTL of zero: expired as soon as it is stored, so nothing is served (no sleeping needed).
+    expired: Cache[int] = Cache(ttl=0.0)
+    expired.put("a", 1)
+    assert expired.get("a") is None
+    fresh: Cache[int] = Cache(ttl=60)
+    fresh.put("a", 1)
+    fresh.drop_where(lambda key, value: value == 2)
+    assert fresh.get("a") == 1
+    fresh.drop_where(lambda key, value: value == 1)
+    assert fresh.get("a") is None

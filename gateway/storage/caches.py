@@ -1,15 +1,20 @@
 """Per-process caches of the rows every call reads (API keys, connections).
 
 Made once per engine by `Database` at start-up. Entries live a couple of seconds, and when a cache
-is full the least recently used entry goes first (cachetools' TTLCache), so a burst of new keys
+is full the least recently used entry goes first (cachetools' LRUCache), so a burst of new keys
 evicts the cold ones rather than emptying the cache. A change made in this process drops its
 entry at once; a change made in another process is seen within the TTL. Database threads and the
 event loop both use them, so every operation holds a lock (each is a dictionary operation).
+
+Each entry carries its own expiry, checked when it is read. cachetools' TTLCache does the same
+job but sweeps its expired entries on every read, which made a lookup several times dearer, and a
+call makes five (docs/benchmarks.md); an expired entry here waits to be replaced or evicted.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 import weakref
 from collections.abc import Callable, Hashable
 from typing import Generic, TypeVar
@@ -26,16 +31,21 @@ ENTRIES = 10_000
 
 class Cache(Generic[V]):
     def __init__(self, ttl: float = SECONDS, maxsize: int = ENTRIES) -> None:
-        self._data: cachetools.TTLCache[Hashable, V] = cachetools.TTLCache(maxsize, ttl)
+        self.ttl = ttl
+        self._data: cachetools.LRUCache[Hashable, tuple[float, V]] = cachetools.LRUCache(maxsize)
         self._lock = threading.Lock()
 
     def get(self, key: Hashable) -> V | None:
         with self._lock:
-            return self._data.get(key)
+            entry = self._data.get(key)
+        if entry is None or entry[0] <= time.monotonic():
+            return None
+        return entry[1]
 
     def put(self, key: Hashable, value: V) -> None:
+        entry = (time.monotonic() + self.ttl, value)
         with self._lock:
-            self._data[key] = value
+            self._data[key] = entry
 
     def drop(self, key: Hashable) -> None:
         with self._lock:
@@ -43,7 +53,7 @@ class Cache(Generic[V]):
 
     def drop_where(self, predicate: Callable[[Hashable, V], bool]) -> None:
         with self._lock:
-            for key in [k for k, v in self._data.items() if predicate(k, v)]:
+            for key in [k for k, (_, v) in self._data.items() if predicate(k, v)]:
                 self._data.pop(key, None)
 
 
