@@ -9,7 +9,7 @@ from starlette.routing import Route
 
 from gateway.api.openapi import describe_endpoint, describe_integration, openapi_document
 from gateway.api.parsing import json_object
-from gateway.core import limits, links, tools, waitpoints
+from gateway.core import callers, limits, links, tools, waitpoints
 from gateway.core.callers import api_key
 from gateway.core.connect import not_set_up
 from gateway.core.runtime import Services
@@ -26,13 +26,14 @@ def services_of(request: Request) -> Services:
 async def call_endpoint(request: Request) -> Response:
     services = services_of(request)
     key = await api_key(services, request)
+    acting = await callers.acting(services, key, request.headers)
     body = await json_object(request)
     idempotency_key = request.headers.get("idempotency-key")
     submission = Submission.of(body, services.settings, idempotency_key)
     # Counting the call sets its X-RateLimit-* headers; the middleware need not read them again.
     request.scope["state"]["usage_reported"] = True
     integration, endpoint = request.path_params["integration"], request.path_params["endpoint"]
-    result = await submit(services, key, integration, endpoint, submission)
+    result = await submit(services, key, integration, endpoint, submission, acting)
     return JSONAnswer(result.body, status_code=result.http_status, headers=result.headers)
 
 

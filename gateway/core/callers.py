@@ -1,13 +1,41 @@
-"""Who is calling: the bearer credential a request carries and the API key it names."""
+"""Who is calling: the bearer credential a request carries, the API key it names, and the end user
+(X-End-User-Id) and connection (X-Connection-Id) it acts through."""
 
 from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Mapping
 
 from starlette.requests import Request
 
 from gateway.core.runtime import Services
-from gateway.errors import Unauthorized
-from gateway.storage import keys
-from gateway.storage.models import ApiKey
+from gateway.errors import BadRequest, NotFound, ScopeNotAllowed, Unauthorized
+from gateway.storage import end_users, keys
+from gateway.storage.models import ApiKey, EndUser
+
+END_USER_HEADER = "x-end-user-id"
+CONNECTION_HEADER = "x-connection-id"
+CONNECTION_ID = re.compile(r"^conn_[0-9a-f]{28}$")
+# Whom a key may act for (ApiKey.acts_for).
+ACTS_FOR = ("any", "owner", "end_users")
+
+
+@dataclasses.dataclass(frozen=True)
+class Acting:
+    """For whom a request acts: the key's owner (no end user) or one of their end users, and the
+    connection it names, if any."""
+
+    end_user: EndUser | None = None
+    connection_id: str | None = None
+
+    @property
+    def end_user_id(self) -> str | None:
+        """The owner's id for the end user, as runs and the API show it."""
+        return self.end_user.external_id if self.end_user is not None else None
+
+
+OWNER = Acting()
 
 
 def bearer(request: Request) -> str | None:
@@ -29,3 +57,44 @@ async def api_key(services: Services, request: Request) -> ApiKey:
     # Lets the rate-limit middleware report this key's usage on any /v1 answer.
     request.scope.setdefault("state", {})["api_key"] = key
     return key
+
+
+def check_end_user_id(value: str, name: str = "X-End-User-Id") -> str:
+    if not end_users.valid_external_id(value):
+        raise BadRequest(f"'{name}' must be 1-200 printable ASCII characters, not starting or ending with a space.")
+    return value
+
+
+def may_act_for(key: ApiKey, end_user_id: str | None) -> None:
+    """Refuses what the key's `acts_for` excludes."""
+    if end_user_id is None and key.acts_for == "end_users":
+        raise ScopeNotAllowed("This API key acts for end users only: name one with the X-End-User-Id header.")
+    if end_user_id is not None and key.acts_for == "owner":
+        raise ScopeNotAllowed("This API key acts for its owner only: it cannot act for an end user (X-End-User-Id).")
+
+
+async def end_user(services: Services, key: ApiKey, external_id: str | None, *, create: bool = True) -> EndUser | None:
+    """The end user a request names (made on first use), or None for the key's owner; refused when
+    the key may not act for them. With `create=False` an unknown end user is a 404."""
+    may_act_for(key, external_id)
+    if external_id is None:
+        return None
+    check_end_user_id(external_id)
+    found = end_users.in_cache(services.engine, key.user_id, external_id)
+    if found is None:
+        if create:
+            found = await services.db.run_unsettled(end_users.resolve, key.user_id, external_id)
+        else:
+            found = await services.db.run_unsettled(end_users.known, key.user_id, external_id)
+    if found is None:
+        raise NotFound("There is no end user with that id.")
+    return found
+
+
+async def acting(services: Services, key: ApiKey, headers: Mapping[str, str], *, create: bool = True) -> Acting:
+    """For whom a request acts, from its X-End-User-Id and X-Connection-Id headers."""
+    connection_id = headers.get(CONNECTION_HEADER)
+    if connection_id is not None and not CONNECTION_ID.match(connection_id):
+        raise BadRequest("'X-Connection-Id' must be a connection id, 'conn_' and 28 hex digits.")
+    found = await end_user(services, key, headers.get(END_USER_HEADER), create=create)
+    return Acting(end_user=found, connection_id=connection_id)

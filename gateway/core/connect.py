@@ -29,7 +29,7 @@ from gateway.errors import GatewayError, IntegrationNotSetUp, PlanLimitReached
 from gateway.settings import Settings
 from gateway.specs.spec import Integration, OAuth2Auth
 from gateway.storage import connections
-from gateway.storage.models import Connection, OAuthState, utcnow
+from gateway.storage.models import Connection, EndUser, OAuthState, utcnow
 from gateway.upstream import build as upstream
 from gateway.upstream.token_endpoint import HTTP_ERRORS, TokenEndpointClient
 
@@ -259,11 +259,21 @@ async def _save(services: Services, integration: Integration, row: OAuthState, t
     )
 
 
-def store(engine: Engine, box: Box, **values: Any) -> Connection:
-    """Saves a new or renewed connection and ends the waits for it (MCP's `wait_for_connection`)."""
+def store(engine: Engine, box: Box, end_user: EndUser | None = None, **values: Any) -> Connection:
+    """Saves a new or renewed connection (the owner's, or `end_user`'s) and ends the waits for it
+    (MCP's `wait_for_connection`, an end user's connection waitpoint)."""
+    if end_user is not None:
+        values["end_user_id"] = end_user.id
+        values.setdefault("replace_default", False)
     connection = connections.save(engine, box, **values)
     assert connection.connected_at is not None
-    waitpoints.connected(engine, connection.user_id, connection.integration, connection.connected_at)
+    waitpoints.connected(
+        engine,
+        connection.user_id,
+        connection.integration,
+        connection.connected_at,
+        end_user.external_id if end_user is not None else None,
+    )
     return connection
 
 

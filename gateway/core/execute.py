@@ -24,13 +24,14 @@ from gateway.errors import (
     IntegrationNotConnected,
     IntegrationNotSetUp,
     InternalError,
+    NotFound,
     ServiceUnavailable,
     TokenExpired,
     UpstreamTimeout,
 )
 from gateway.specs.params import validate as validate_params
 from gateway.specs.spec import ApiKeyAuth, CompiledEndpoint, OAuth2Auth
-from gateway.storage import connections, keys, runs
+from gateway.storage import connections, end_users, keys, runs
 from gateway.storage.models import ApiKey, Connection, utcnow
 from gateway.storage.runs import RunRecord
 from gateway.upstream import build as upstream
@@ -58,19 +59,37 @@ class CallResult:
     headers: dict[str, str]
 
 
-async def load_connection(services: Services, key: ApiKey, endpoint: CompiledEndpoint) -> Connection:
+async def load_connection(services: Services, key: ApiKey, endpoint: CompiledEndpoint, record: RunRecord) -> Connection:
+    """The connection the call uses: the one it names (X-Connection-Id), else the default of its
+    owner or end user for the integration. The run records which one it was."""
     integration = endpoint.integration
-    connection = connections.in_cache(
-        services.engine, key.user_id, integration.name
-    ) or await services.db.run_unsettled(connections.cached, key.user_id, integration.name)
+    connection = None
+    end_user_key: int | None = None
+    if record.end_user_id is not None:
+        end_user = end_users.in_cache(
+            services.engine, key.user_id, record.end_user_id
+        ) or await services.db.run_unsettled(end_users.known, key.user_id, record.end_user_id)
+        end_user_key = end_user.id if end_user is not None else -1  # -1: no such end user, no connection
+    if end_user_key != -1:
+        where = (key.user_id, integration.name, end_user_key, record.connection_id)
+        connection = connections.in_cache(services.engine, *where) or await services.db.run_unsettled(
+            connections.cached, *where
+        )
     if connection is None:
         unavailable = not_set_up(services.settings, integration)
         if unavailable is not None:
             raise unavailable
+        if record.connection_id is not None:
+            raise NotFound(
+                f"There is no {integration.display_name} connection {record.connection_id} for this "
+                + ("end user." if record.end_user_id is not None else "account.")
+            )
+        whose = "this end user" if record.end_user_id is not None else "this account"
         raise IntegrationNotConnected(
-            f"{integration.display_name} is not connected for this account.",
+            f"{integration.display_name} is not connected for {whose}.",
             action_url=links.integration(services.settings, integration.name),
         )
+    record.connection_id = connection.public_id
     if connection.status != "connected":
         raise services.tokens.expired_error(
             integration, f"The {integration.display_name} connection must be reconnected."
@@ -123,7 +142,7 @@ async def call(
 ) -> CallResult:
     """Runs one validated call. Raises GatewayError for what the gateway itself answers."""
     integration = endpoint.integration
-    connection = await load_connection(services, key, endpoint)
+    connection = await load_connection(services, key, endpoint, record)
     oauth = isinstance(integration.spec.auth, OAuth2Auth)
     if oauth and is_expired(connection) and connection.refresh_token:
         connection = await services.tokens.refresh(integration, connection)
@@ -274,7 +293,7 @@ async def _execute(services: Services, key: ApiKey, record: RunRecord, params: A
             # Something an agent can wait on while its person fixes the connection.
             try:
                 waitpoint = await services.db.run_unsettled(
-                    waitpoints.connection_waitpoint, key.user_id, record.integration
+                    waitpoints.connection_waitpoint, key.user_id, record.integration, record.end_user_id
                 )
                 exc.extra["waitpoint"] = waitpoints.reference(services, waitpoint)
             except (DBAPIError, DatabaseTimeout) as db_error:

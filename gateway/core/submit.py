@@ -26,6 +26,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
 from gateway.core import approvals, callbacks, limits
+from gateway.core.callers import OWNER, Acting
 from gateway.core.execute import CallResult, admit, answer_status, execute
 from gateway.core.runtime import Services
 from gateway.core.tools import resolve
@@ -134,10 +135,13 @@ class Submission(BaseModel):
         submission._body = body
         return submission
 
-    def fingerprint(self, integration: str, endpoint: str) -> str:
-        """What a repeat with the same idempotency key must match: the call and its body as sent."""
+    def fingerprint(
+        self, integration: str, endpoint: str, end_user_id: str | None = None, connection_id: str | None = None
+    ) -> str:
+        """What a repeat with the same idempotency key must match: the call, for whom, and its body as sent."""
         canonical = json.dumps(self._body, sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(f"{integration}/{endpoint}\n{canonical}".encode()).hexdigest()
+        whom = "" if end_user_id is None and connection_id is None else f"\n{end_user_id}\n{connection_id}"
+        return hashlib.sha256(f"{integration}/{endpoint}{whom}\n{canonical}".encode()).hexdigest()
 
     @classmethod
     def body_schema(cls, params: dict[str, Any], *, params_required: bool, callback_url_pattern: str) -> dict[str, Any]:
@@ -185,19 +189,26 @@ class Idempotency:
 
 
 async def submit(
-    services: Services, key: ApiKey, integration: str, endpoint: str, submission: Submission
+    services: Services,
+    key: ApiKey,
+    integration: str,
+    endpoint: str,
+    submission: Submission,
+    acting: Acting = OWNER,
 ) -> CallResult:
-    """Runs, queues or holds a new call, or answers a repeat with its first answer."""
+    """Runs, queues or holds a new call, or answers a repeat with its first answer. `acting` names
+    the end user the call is for (their connections, their runs) and the connection it uses."""
     idempotency: Idempotency | None = None
     if submission.idempotency_key is not None:
-        idempotency = Idempotency(submission.idempotency_key, submission.fingerprint(integration, endpoint))
+        fingerprint = submission.fingerprint(integration, endpoint, acting.end_user_id, acting.connection_id)
+        idempotency = Idempotency(submission.idempotency_key, fingerprint)
         # A key narrowed since its first call must not get that call's answer back.
         resolve(services, key, integration, endpoint)
         existing = await services.db.run(runs.by_idempotency_key, key.id or 0, idempotency.key)
         if existing is not None:
             return await _replay(services, key, existing, idempotency.fingerprint)
 
-    record = RunRecord.for_call(key, integration, endpoint)
+    record = RunRecord.for_call(key, integration, endpoint, acting.end_user_id, acting.connection_id)
     try:
         if submission.queued:
             return await _enqueue(services, key, record, submission, idempotency)

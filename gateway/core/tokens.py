@@ -91,7 +91,7 @@ class TokenStore:
         await self.db.run_unsettled(lambda _engine: self._mark_needs_reconnect(connection))
 
     def _mark_needs_reconnect(self, connection: Connection) -> None:
-        connections.forget(self.engine, connection.user_id, connection.integration)
+        connections.forget_connection(self.engine, connection)
         with self.engine.begin() as c:
             c.execute(
                 update(Connection)
@@ -180,7 +180,7 @@ class TokenStore:
         return await self.db.run_unsettled(lambda _engine: self._release_lease(connection, **values))
 
     def _release_lease(self, connection: Connection, **values: Any) -> bool:
-        connections.forget(self.engine, connection.user_id, connection.integration)
+        connections.forget_connection(self.engine, connection)
         with self.engine.begin() as c:
             return (
                 c.execute(

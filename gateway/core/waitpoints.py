@@ -82,6 +82,7 @@ def create(
     tags: list[str] | None = None,
     kind: str = "manual",
     integration: str | None = None,
+    end_user_id: str | None = None,
 ) -> tuple[Waitpoint, bool]:
     """Returns the waitpoint and whether it was cached (same idempotency key within its TTL)."""
     now = utcnow()
@@ -106,6 +107,7 @@ def create(
         api_key_id=api_key_id,
         kind=kind,
         integration=integration,
+        end_user_id=end_user_id,
         tags=tags,
         idempotency_key=idempotency_key,
         idempotency_expires_at=now + idempotency_ttl if idempotency_key else None,
@@ -193,13 +195,18 @@ def expire_due(engine: Engine) -> list[str]:
     return due
 
 
-def connection_waitpoint(engine: Engine, user_id: int, integration: str) -> Waitpoint:
-    """The live waitpoint that completes when this person (re)connects this integration."""
+def _for_end_user(end_user_id: str | None) -> Any:
+    return Waitpoint.end_user_id.is_(None) if end_user_id is None else Waitpoint.end_user_id == end_user_id
+
+
+def connection_waitpoint(engine: Engine, user_id: int, integration: str, end_user_id: str | None = None) -> Waitpoint:
+    """The live waitpoint that completes when this person (or their end user) (re)connects this integration."""
     with engine.connect() as c:
         row = c.execute(
             select(Waitpoint.__table__)
             .where(
                 Waitpoint.user_id == user_id,
+                _for_end_user(end_user_id),
                 Waitpoint.kind == "connection",
                 Waitpoint.integration == integration,
                 Waitpoint.status == "WAITING",
@@ -211,12 +218,20 @@ def connection_waitpoint(engine: Engine, user_id: int, integration: str) -> Wait
     if row is not None:
         return Waitpoint(**row._mapping)
     waitpoint, _ = create(
-        engine, user_id=user_id, api_key_id=None, timeout=CONNECTION_TIMEOUT, kind="connection", integration=integration
+        engine,
+        user_id=user_id,
+        api_key_id=None,
+        timeout=CONNECTION_TIMEOUT,
+        kind="connection",
+        integration=integration,
+        end_user_id=end_user_id,
     )
     return waitpoint
 
 
-def connected(engine: Engine, user_id: int, integration: str, connected_at: dt.datetime) -> None:
+def connected(
+    engine: Engine, user_id: int, integration: str, connected_at: dt.datetime, end_user_id: str | None = None
+) -> None:
     """Completes every waitpoint waiting for this connection."""
     with engine.connect() as c:
         ids = [
@@ -224,6 +239,7 @@ def connected(engine: Engine, user_id: int, integration: str, connected_at: dt.d
             for r in c.execute(
                 select(Waitpoint.id).where(
                     Waitpoint.user_id == user_id,
+                    _for_end_user(end_user_id),
                     Waitpoint.kind == "connection",
                     Waitpoint.integration == integration,
                     Waitpoint.status == "WAITING",

@@ -65,6 +65,8 @@ class Caches:
     def __init__(self) -> None:
         self.keys: Cache[object] = Cache()
         self.connections: Cache[object] = Cache()
+        # An owner's end users by their external id: made once, renamed rarely, deleted by the owner.
+        self.end_users: Cache[object] = Cache()
         # Keys whose last use was written recently: their next use writes nothing.
         self.touched: Cache[bool] = Cache(TOUCH_SECONDS)
 

@@ -98,18 +98,64 @@ class ApiKey(SQLModel, table=True):
     integrations: list[str] | None = Field(default=None, sa_column=Column(JSON))
     daily_limit: int | None = None
     require_approval: bool = False
+    # Whom the key may act for: "any" (its owner, or an end user named by X-End-User-Id),
+    # "owner" (never an end user) or "end_users" (only with X-End-User-Id).
+    acts_for: str = Field(default="any", max_length=16)
     created_at: dt.datetime = Field(default_factory=utcnow)
     last_used_at: dt.datetime | None = None
     revoked_at: dt.datetime | None = None
 
 
-class Connection(SQLModel, table=True):
-    __tablename__ = "connections"
-    __table_args__ = (UniqueConstraint("user_id", "integration"),)
+class EndUser(SQLModel, table=True):
+    """One of an owner's own users, known by the owner's id for them (X-End-User-Id): made on first
+    use, never signed in. Their connections, runs and waitpoints carry this row's id."""
+
+    __tablename__ = "end_users"
+    __table_args__ = (UniqueConstraint("user_id", "external_id", name="uq_end_users_external_id"),)
 
     id: int | None = Field(default=None, primary_key=True)
+    user_id: int = Field(foreign_key="users.id")
+    external_id: str = Field(max_length=200)
+    display_name: str | None = Field(default=None, max_length=200)
+    email: str | None = Field(default=None, max_length=320)
+    created_at: dt.datetime = Field(default_factory=utcnow)
+
+
+class ConnectSession(SQLModel, table=True):
+    """A short-lived token (`cs_...`, only its SHA-256 stored) that lets one end user connect some
+    integrations on the hosted connect page, without a dashboard login."""
+
+    __tablename__ = "connect_sessions"
+
+    id: str = Field(primary_key=True, max_length=64)
+    user_id: int = Field(foreign_key="users.id")
+    end_user_id: int = Field(foreign_key="end_users.id", index=True)
+    api_key_id: int | None = Field(default=None, foreign_key="api_keys.id")
+    # None: every integration the key that made it may use.
+    integrations: list[str] | None = Field(default=None, sa_column=Column(JSON))
+    redirect_url: str | None = None
+    allowed_origins: list[str] | None = Field(default=None, sa_column=Column(JSON))
+    created_at: dt.datetime = Field(default_factory=utcnow)
+    expires_at: dt.datetime = Field(index=True)
+
+
+class Connection(SQLModel, table=True):
+    __tablename__ = "connections"
+    __table_args__ = (
+        Index("ix_connections_owner", "user_id", "end_user_id", "integration"),
+        UniqueConstraint("public_id", name="uq_connections_public_id"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    # What the API shows and X-Connection-Id names (`conn_...`); the integer id stays internal.
+    public_id: str = Field(default_factory=lambda: new_id("conn"), max_length=40)
     user_id: int = Field(foreign_key="users.id", index=True)
+    # None: the owner's own connection; else one of the owner's end users'.
+    end_user_id: int | None = Field(default=None, foreign_key="end_users.id")
     integration: str = Field(max_length=100)
+    label: str | None = Field(default=None, max_length=200)
+    # The one a call uses when it names none and there are several (see storage.connections.choose).
+    is_default: bool = False
     # connected | needs_reconnect
     status: str = Field(default="connected", max_length=32)
     account: str | None = Field(default=None, max_length=320)
@@ -156,6 +202,10 @@ class Run(SQLModel, table=True):
 
     id: str = Field(primary_key=True, max_length=40)
     user_id: int = Field(foreign_key="users.id")
+    # The end user the call acted for (their X-End-User-Id, as the API shows it), and the
+    # connection it used (`conn_...`).
+    end_user_id: str | None = Field(default=None, max_length=200)
+    connection_id: str | None = Field(default=None, max_length=40)
     # No index of its own: uq_runs_idempotency (api_key_id, idempotency_key) serves lookups by key.
     api_key_id: int | None = Field(default=None, foreign_key="api_keys.id")
     integration: str = Field(max_length=100)
@@ -214,6 +264,8 @@ class Waitpoint(SQLModel, table=True):
     id: str = Field(primary_key=True, max_length=48)
     user_id: int = Field(foreign_key="users.id")
     api_key_id: int | None = Field(default=None, foreign_key="api_keys.id")
+    # The end user it is for (their X-End-User-Id), as on runs.
+    end_user_id: str | None = Field(default=None, max_length=200)
     # WAITING | COMPLETED | TIMED_OUT | CANCELLED
     status: str = Field(default="WAITING", max_length=16)
     # manual | connection | approval
@@ -252,6 +304,9 @@ class OAuthState(SQLModel, table=True):
     session_id: str = Field(max_length=64)
     user_id: int = Field(foreign_key="users.id")
     integration: str = Field(max_length=100)
+    # A connect session's flow: for that end user, and (reconnecting) that connection.
+    end_user_id: int | None = None
+    connection_id: str | None = Field(default=None, max_length=40)
     code_verifier: str | None = None  # Fernet ciphertext
     redirect_uri: str
     next_path: str | None = None

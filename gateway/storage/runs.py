@@ -39,6 +39,10 @@ class RunRecord:
     id: str
     user_id: int | None = None
     api_key_id: int | None = None
+    # The end user the call acts for (the owner's id for them), and the connection it named
+    # (X-Connection-Id) or then used.
+    end_user_id: str | None = None
+    connection_id: str | None = None
     integration: str = ""
     endpoint: str = ""
     status: str = "running"
@@ -66,9 +70,24 @@ class RunRecord:
         return cls(id=new_id("run"))
 
     @classmethod
-    def for_call(cls, key: ApiKey, integration: str, endpoint: str) -> RunRecord:
+    def for_call(
+        cls,
+        key: ApiKey,
+        integration: str,
+        endpoint: str,
+        end_user_id: str | None = None,
+        connection_id: str | None = None,
+    ) -> RunRecord:
         """A new call's record: whose it is and what it calls, however it arrived."""
-        return cls(id=new_id("run"), user_id=key.user_id, api_key_id=key.id, integration=integration, endpoint=endpoint)
+        return cls(
+            id=new_id("run"),
+            user_id=key.user_id,
+            api_key_id=key.id,
+            integration=integration,
+            endpoint=endpoint,
+            end_user_id=end_user_id,
+            connection_id=connection_id,
+        )
 
     @classmethod
     def claimed(cls, run: Run, worker_id: str) -> RunRecord:
@@ -78,6 +97,8 @@ class RunRecord:
             id=run.id,
             user_id=run.user_id,
             api_key_id=run.api_key_id,
+            end_user_id=run.end_user_id,
+            connection_id=run.connection_id,
             integration=run.integration,
             endpoint=run.endpoint,
             queue_name=run.queue_name,
