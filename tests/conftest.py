@@ -17,8 +17,8 @@ from gateway.app import create_app
 from gateway.core import connect
 from gateway.crypto import Box
 from gateway.settings import IntegrationOverrides, Settings
-from gateway.storage import connections, database, keys, users
-from gateway.storage.models import Run
+from gateway.storage import connections, database, end_users, keys, users
+from gateway.storage.models import Connection, Run
 from tests.fakes.provider import CLIENT_ID, CLIENT_SECRET, ProviderState, create_provider
 from tests.servers import ServerThread, free_port
 
@@ -179,12 +179,16 @@ class Gateway:
         provider: ProviderState,
         integration: str = "github",
         account: str = "octocat",
+        end_user: str | None = None,
         **token_changes: object,
-    ) -> None:
-        token = {**provider.mint(), **token_changes}
-        connect.store(
+    ) -> Connection:
+        """Connects as the dashboard (or, with `end_user`, a connect session) would: the provider
+        account `account` (its login at the fake provider)."""
+        token = {**provider.mint(user=account), **token_changes}
+        return connect.store(
             self.engine,
             self.box,
+            end_user=end_users.resolve(self.engine, user_id, end_user) if end_user is not None else None,
             user_id=user_id,
             integration=integration,
             access_token=token["access_token"],

@@ -16,7 +16,7 @@ from gateway.storage.models import ApiKey, EndUser
 
 END_USER_HEADER = "x-end-user-id"
 CONNECTION_HEADER = "x-connection-id"
-CONNECTION_ID = re.compile(r"^conn_[0-9a-f]{28}$")
+CONNECTION_ID = re.compile(r"^conn_[0-9a-f]{32}$")
 # Whom a key may act for (ApiKey.acts_for).
 ACTS_FOR = ("any", "owner", "end_users")
 
@@ -95,6 +95,6 @@ async def acting(services: Services, key: ApiKey, headers: Mapping[str, str], *,
     """For whom a request acts, from its X-End-User-Id and X-Connection-Id headers."""
     connection_id = headers.get(CONNECTION_HEADER)
     if connection_id is not None and not CONNECTION_ID.match(connection_id):
-        raise BadRequest("'X-Connection-Id' must be a connection id, 'conn_' and 28 hex digits.")
+        raise BadRequest("'X-Connection-Id' must be a connection id, 'conn_' and 32 hex digits.")
     found = await end_user(services, key, headers.get(END_USER_HEADER), create=create)
     return Acting(end_user=found, connection_id=connection_id)

@@ -38,6 +38,7 @@ def create(
     integrations: list[str] | None = None,
     daily_limit: int | None = None,
     require_approval: bool = False,
+    acts_for: str = "any",
 ) -> tuple[ApiKey, str]:
     """Returns the row and the secret; the secret is never stored or shown again."""
     secret = generate()
@@ -49,6 +50,7 @@ def create(
         integrations=integrations,
         daily_limit=daily_limit,
         require_approval=require_approval,
+        acts_for=acts_for,
     )
     with session(engine) as s:
         s.add(key)

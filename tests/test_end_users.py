@@ -1,0 +1,149 @@
+"""End users (X-End-User-Id) and several connections per integration (X-Connection-Id), end to end
+over real HTTP against the fake provider, on both databases."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from gateway.storage import end_users
+from tests.conftest import Gateway
+
+pytestmark = pytest.mark.parametrize("database_url", ["sqlite", "postgres"], indirect=True)
+
+
+def login(gateway: Gateway, secret: str, **headers: str) -> tuple[int, dict]:
+    response = gateway.http.post(
+        "/v1/github/get_authenticated_user",
+        json={"params": {}},
+        headers={"Authorization": f"Bearer {secret}", **headers},
+    )
+    return response.status_code, response.json()
+
+
+def test_each_end_user_calls_with_their_own_connection_and_never_another(gateway: Gateway, provider) -> None:
+    owner = gateway.user()
+    secret = gateway.key(owner)
+    gateway.connect(owner, provider, account="owner-login")
+    gateway.connect(owner, provider, account="alice-login", end_user="alice")
+    gateway.connect(owner, provider, account="bob-login", end_user="user 42@acme")
+
+    assert login(gateway, secret)[1]["data"]["login"] == "owner-login"
+    status, body = login(gateway, secret, **{"X-End-User-Id": "alice"})
+    assert (status, body["data"]["login"]) == (200, "alice-login")
+    assert login(gateway, secret, **{"X-End-User-Id": "user 42@acme"})[1]["data"]["login"] == "bob-login"
+
+    # A new end user is made on first use and has no connection of anyone else's.
+    status, body = login(gateway, secret, **{"X-End-User-Id": "carol"})
+    assert status == 403 and body["error"] == "integration_not_connected"
+    assert "this end user" in body["message"] and "waitpoint" in body
+    assert end_users.find(gateway.engine, owner, "carol") is not None
+
+    # Another owner's key naming the same end user id reaches another end user altogether.
+    other = gateway.user()
+    other_secret = gateway.key(other)
+    status, body = login(gateway, other_secret, **{"X-End-User-Id": "alice"})
+    assert status == 403 and body["error"] == "integration_not_connected"
+
+
+def test_a_run_records_its_end_user_and_connection(gateway: Gateway, provider) -> None:
+    owner = gateway.user()
+    secret = gateway.key(owner)
+    connection = gateway.connect(owner, provider, account="alice-login", end_user="alice")
+    response = gateway.http.post(
+        "/v1/github/get_authenticated_user",
+        json={"params": {}},
+        headers={"Authorization": f"Bearer {secret}", "X-End-User-Id": "alice"},
+    )
+    run = gateway.run(response.headers["x-run-id"])
+    assert (run.end_user_id, run.connection_id) == ("alice", connection.public_id)
+
+
+def test_bad_end_user_ids_and_keys_that_may_not_act_for_them(gateway: Gateway, provider) -> None:
+    owner = gateway.user()
+    gateway.connect(owner, provider, account="owner-login")
+    gateway.connect(owner, provider, account="alice-login", end_user="alice")
+    secret = gateway.key(owner)
+    # (A client strips spaces around a header value, so those cannot be sent to be refused.)
+    for bad in ("x" * 201, "tab\there", "caf\xe9".encode("latin-1"), ""):
+        status, body = login(gateway, secret, **{"X-End-User-Id": bad})  # type: ignore[arg-type]
+        assert status == 400 and body["error"] == "bad_request", bad
+    assert end_users.search(gateway.engine, owner) == [end_users.find(gateway.engine, owner, "alice")]
+
+    owner_only = gateway.key(owner, acts_for="owner")
+    assert login(gateway, owner_only)[1]["data"]["login"] == "owner-login"
+    status, body = login(gateway, owner_only, **{"X-End-User-Id": "alice"})
+    assert status == 403 and body["error"] == "scope_not_allowed"
+
+    end_users_only = gateway.key(owner, acts_for="end_users")
+    assert login(gateway, end_users_only, **{"X-End-User-Id": "alice"})[1]["data"]["login"] == "alice-login"
+    status, body = login(gateway, end_users_only)
+    assert status == 403 and body["error"] == "scope_not_allowed"
+
+
+def test_several_connections_per_integration_chosen_by_x_connection_id(gateway: Gateway, provider) -> None:
+    owner = gateway.user()
+    secret = gateway.key(owner)
+    work = gateway.connect(owner, provider, account="alice-work", end_user="alice")
+    time.sleep(0.002)  # connected_at orders the two; the later one is the default
+    personal = gateway.connect(owner, provider, account="alice-personal", end_user="alice")
+    assert work.public_id != personal.public_id
+    alice = {"X-End-User-Id": "alice"}
+
+    assert login(gateway, secret, **alice)[1]["data"]["login"] == "alice-personal"
+    assert login(gateway, secret, **alice, **{"X-Connection-Id": work.public_id})[1]["data"]["login"] == "alice-work"
+
+    # Reconnecting the same provider account keeps its connection (and id).
+    again = gateway.connect(owner, provider, account="alice-work", end_user="alice")
+    assert again.public_id == work.public_id
+
+    # Another end user's connection, or one that does not exist, is not found for alice.
+    bob = gateway.connect(owner, provider, account="bob-login", end_user="bob")
+    for named in (bob.public_id, "conn_" + "0" * 32):
+        status, body = login(gateway, secret, **alice, **{"X-Connection-Id": named})
+        assert status == 404 and body["error"] == "not_found", named
+    status, body = login(gateway, secret, **alice, **{"X-Connection-Id": "nope"})
+    assert status == 400
+
+
+def test_a_queued_call_runs_for_its_end_user(gateway: Gateway, provider) -> None:
+    owner = gateway.user()
+    secret = gateway.key(owner)
+    gateway.connect(owner, provider, account="owner-login")
+    gateway.connect(owner, provider, account="alice-login", end_user="alice")
+    response = gateway.http.post(
+        "/v1/github/get_authenticated_user",
+        json={"params": {}, "async": True},
+        headers={"Authorization": f"Bearer {secret}", "X-End-User-Id": "alice"},
+    )
+    assert response.status_code == 202, response.text
+    run_id = response.json()["id"]
+    deadline = time.monotonic() + 30
+    while True:
+        run = gateway.http.get(f"/v1/runs/{run_id}", headers={"Authorization": f"Bearer {secret}"}).json()
+        if run["status"] in ("completed", "failed") or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert run["status"] == "completed", run
+    assert run["result"]["data"]["login"] == "alice-login"
+
+
+def test_an_idempotency_key_replays_only_for_the_same_end_user(gateway: Gateway, provider) -> None:
+    owner = gateway.user()
+    secret = gateway.key(owner)
+    gateway.connect(owner, provider, account="alice-login", end_user="alice")
+    gateway.connect(owner, provider, account="bob-login", end_user="bob")
+
+    def call(end_user: str):  # type: ignore[no-untyped-def]
+        return gateway.http.post(
+            "/v1/github/get_authenticated_user",
+            json={"params": {}},
+            headers={"Authorization": f"Bearer {secret}", "X-End-User-Id": end_user, "Idempotency-Key": "k1"},
+        )
+
+    first = call("alice")
+    assert first.status_code == 200 and first.json()["data"]["login"] == "alice-login"
+    assert call("alice").headers["idempotent-replayed"] == "true"
+    other = call("bob")
+    assert other.status_code == 422 and other.json()["error"] == "idempotency_mismatch"
