@@ -22,6 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gateway import jsoncodec
 from gateway.agents import mcp
 from gateway.api import calls as api
+from gateway.api import end_users as end_users_api
 from gateway.api import ops
 from gateway.api import runs as runs_api
 from gateway.api import tools as api_tools
@@ -220,6 +221,7 @@ def create_app(settings: Settings, registry: spec_registry.Registry | None = Non
             *ops.routes,
             *runs_api.routes,
             *waitpoints_api.routes,
+            *end_users_api.routes,
             *api.routes,
             *dashboard.routes,
             Mount("/static", StaticFiles(directory=web.STATIC), name="static"),

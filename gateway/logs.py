@@ -41,7 +41,20 @@ SECRET_FIELDS = (
 # Path segments that are secrets: a literal every such path holds, and what precedes the segment (a regex).
 SECRET_PATH_SEGMENTS = {"/callback/": r"/v1/waitpoints/[^/\s]+/callback/"}
 # Tokens recognisable by their prefix: ours (API keys, waitpoint public tokens) and common providers'.
-TOKEN_PREFIXES = ("sk_", "wpt_", "gho_", "ghp_", "ghu_", "ghs_", "ghr_", "github_pat_", "xoxb-", "xoxp-", "xoxe-")
+TOKEN_PREFIXES = (
+    "sk_",
+    "cs_",
+    "wpt_",
+    "gho_",
+    "ghp_",
+    "ghu_",
+    "ghs_",
+    "ghr_",
+    "github_pat_",
+    "xoxb-",
+    "xoxp-",
+    "xoxe-",
+)
 # Authorization header schemes whose credentials follow them.
 AUTH_SCHEMES = ("Bearer", "Basic")
 

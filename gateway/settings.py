@@ -92,6 +92,8 @@ class Settings:
     worker_concurrency: int = 8
     worker_lease_seconds: float = 30.0
     approval_ttl_seconds: float = 86400.0
+    # How long a connect session's token (cs_...) opens the hosted connect page.
+    connect_session_ttl_seconds: float = 1800.0
     plans_file: Path | None = None
     default_plan: str = "free"
     metrics_token: str | None = None
@@ -398,6 +400,9 @@ def from_env(environ: Mapping[str, str] | None = None) -> Settings:
         worker_concurrency=env.integer("GATEWAY_WORKER_CONCURRENCY", 8, maximum=10_000),
         worker_lease_seconds=env.duration("GATEWAY_WORKER_LEASE_SECONDS", 30.0, minimum=1.0, maximum=DAY),
         approval_ttl_seconds=env.duration("GATEWAY_APPROVAL_TTL_SECONDS", DAY, minimum=1.0, maximum=365 * DAY),
+        connect_session_ttl_seconds=env.duration(
+            "GATEWAY_CONNECT_SESSION_TTL_SECONDS", 1800.0, minimum=60.0, maximum=DAY
+        ),
         plans_file=env.file("GATEWAY_PLANS_FILE"),
         default_plan=env.text("GATEWAY_DEFAULT_PLAN", "free"),  # type: ignore[arg-type]
         metrics_token=env.text("GATEWAY_METRICS_TOKEN"),

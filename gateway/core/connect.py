@@ -28,7 +28,7 @@ from gateway.crypto import Box
 from gateway.errors import GatewayError, IntegrationNotSetUp, PlanLimitReached
 from gateway.settings import Settings
 from gateway.specs.spec import Integration, OAuth2Auth
-from gateway.storage import connections
+from gateway.storage import connections, end_users
 from gateway.storage.models import Connection, EndUser, OAuthState, utcnow
 from gateway.upstream import build as upstream
 from gateway.upstream.token_endpoint import HTTP_ERRORS, TokenEndpointClient
@@ -108,8 +108,12 @@ async def begin(
     session_id: str,
     next_path: str | None,
     fields: dict[str, str] | None = None,
+    end_user_id: int | None = None,
+    connection_id: str | None = None,
 ) -> str:
-    """Stores a new state and returns the provider's authorize URL to send the browser to."""
+    """Stores a new state and returns the provider's authorize URL to send the browser to. The
+    state is bound to `session_id`: a dashboard session's, or a connect session's browser binding
+    (then the connection is `end_user_id`'s, and `connection_id` the one being reconnected)."""
     auth = integration.spec.auth
     assert isinstance(auth, OAuth2Auth)
     settings = services.settings
@@ -126,6 +130,8 @@ async def begin(
         session_id=session_id,
         user_id=user_id,
         integration=integration.name,
+        end_user_id=end_user_id,
+        connection_id=connection_id,
         code_verifier=services.box.encrypt(verifier),
         redirect_uri=redirect_uri,
         next_path=next_path,
@@ -143,19 +149,21 @@ def _store_state(engine: Engine, row: dict[str, Any]) -> None:
         c.execute(OAuthState.__table__.insert().values(**row))
 
 
-def _claim(engine: Engine, state: str, session_id: str | None) -> OAuthState:
-    """Takes the state out of the table, once, and only for the session that stored it."""
+def _claim(engine: Engine, state: str, session_ids: list[str]) -> OAuthState:
+    """Takes the state out of the table, once, and only for the session that stored it (the
+    browser's dashboard session, or its connect-session binding)."""
     state_id = _state_id(state)
     with engine.begin() as c:
         row = c.execute(select(OAuthState.__table__).where(OAuthState.id == state_id)).first()
         if row is None:
             raise ConnectError("This connection attempt has expired or was already used. Start it again.")
-        if session_id is None:
+        session_id = next((s for s in session_ids if hmac.compare_digest(row.session_id, s)), None)
+        if session_id is None and row.end_user_id is None and not session_ids:
             raise ConnectError("You are signed out in this browser. Sign in, then start the connection again.")
-        if not hmac.compare_digest(row.session_id, session_id):
+        if session_id is None:
             raise ConnectError(
                 "This connection attempt was started in another browser session, so it was not used. "
-                "Start it again from your dashboard."
+                "Start it again from where you began."
             )
         taken = c.execute(
             delete(OAuthState).where(OAuthState.id == state_id, OAuthState.session_id == session_id)
@@ -169,9 +177,10 @@ def _claim(engine: Engine, state: str, session_id: str | None) -> OAuthState:
 
 
 async def complete(
-    services: Services, integration: Integration, *, session_id: str | None, params: Mapping[str, str]
+    services: Services, integration: Integration, *, session_ids: list[str], params: Mapping[str, str]
 ) -> tuple[Connection, str | None]:
-    """Handles the provider's redirect back; returns the saved connection and where to go next."""
+    """Handles the provider's redirect back; returns the saved connection and where to go next.
+    `session_ids` are what this browser can prove: its dashboard session, its connect-session binding."""
     name = integration.display_name
     state = params.get("state")
     if not state or len(state) > 200:
@@ -179,7 +188,7 @@ async def complete(
             f"This address is where {name} sends you back after you approve a connection; "
             "on its own it does nothing. Start from the integration's page."
         )
-    row = await services.db.run_unsettled(_claim, state, session_id)
+    row = await services.db.run_unsettled(_claim, state, session_ids)
     if row.integration != integration.name:
         raise ConnectError("This connection attempt was for another integration. Start it again.")
     error = params.get("error")
@@ -190,7 +199,9 @@ async def complete(
     code = params.get("code")
     if not code:
         raise ConnectError(f"{name} sent no authorization code back. Nothing was connected; try again.")
-    await services.db.run(_check_plan, services, integration, row.user_id)
+    if row.end_user_id is None:
+        # The plan's connection limit is the owner's own connections' (an end user's are not counted).
+        await services.db.run(_check_plan, services, integration, row.user_id)
     token = await _exchange(services, integration, row, code)
     connection = await _save(services, integration, row, token)
     return connection, row.next_path
@@ -244,19 +255,29 @@ async def _save(services: Services, integration: Integration, row: OAuthState, t
     scope = token.get("scope")
     if isinstance(scope, list):
         scope = " ".join(str(s) for s in scope)
-    return await services.db.run_unsettled(
-        store,
-        services.box,
-        user_id=row.user_id,
-        integration=integration.name,
-        access_token=access_token,
-        refresh_token=token.get("refresh_token"),
-        token_type=str(token.get("token_type") or "bearer")[:32],
-        expires_at=connections.expires_at_from(token),
-        scopes=scope if isinstance(scope, str) else scope_string(auth),
-        account=account,
-        extra=extra or None,
-    )
+    end_user = None
+    if row.end_user_id is not None:
+        end_user = await services.db.run_unsettled(end_users.by_id, row.end_user_id)
+        if end_user is None:
+            raise ConnectError("This end user was deleted while connecting; nothing was stored.", 410)
+    try:
+        return await services.db.run_unsettled(
+            store,
+            services.box,
+            end_user=end_user,
+            public_id=row.connection_id,
+            user_id=row.user_id,
+            integration=integration.name,
+            access_token=access_token,
+            refresh_token=token.get("refresh_token"),
+            token_type=str(token.get("token_type") or "bearer")[:32],
+            expires_at=connections.expires_at_from(token),
+            scopes=scope if isinstance(scope, str) else scope_string(auth),
+            account=account,
+            extra=extra or None,
+        )
+    except LookupError:
+        raise ConnectError("The connection being reconnected was deleted meanwhile; nothing was stored.", 410) from None
 
 
 def store(engine: Engine, box: Box, end_user: EndUser | None = None, **values: Any) -> Connection:

@@ -19,7 +19,7 @@ from starlette.routing import Route
 
 from gateway.core import connect as oauth
 from gateway.core import key_checks, limits
-from gateway.dashboard import accounts
+from gateway.dashboard import accounts, connect_page
 from gateway.dashboard import approvals as approval_pages
 from gateway.dashboard import calls as call_pages
 from gateway.dashboard import keys as key_pages
@@ -222,13 +222,20 @@ async def callback(request: Request) -> Response:
     integration = _integration(request)
     services = services_of(request)
     found = await known_visitor(request)
+    binding = connect_page.binding(request)
+    session_ids = [s for s in (found.session_id, binding.browser if binding else None) if s]
     try:
-        _, next_path = await oauth.complete(
-            services, integration, session_id=found.session_id, params=request.query_params
+        connection, next_path = await oauth.complete(
+            services, integration, session_ids=session_ids, params=request.query_params
         )
     except oauth.ConnectError as exc:
+        if binding is not None:
+            # A connect session's flow: its own page explains, in the end user's terms.
+            return await connect_page.failed(request, integration, exc.message, exc.status)
         context = {"integration": integration, "message": exc.message}
         return render(request, "connect_error.html", context, exc.status)
+    if connection.end_user_id is not None:
+        return redirect(connect_page.done_path(connection))
     return redirect(safe_next(next_path, default=f"{integration_path(integration.name)}?done=connected"))
 
 
@@ -271,4 +278,5 @@ routes = [
     *approval_pages.routes,
     *waitpoint_pages.routes,
     Route("/dashboard/usage", usage_page, methods=["GET"]),
+    *connect_page.routes,
 ]

@@ -36,7 +36,7 @@ from gateway.storage.models import User, utcnow
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 STATIC = TEMPLATES / "static"
-PAGE_PREFIXES = ("/dashboard", "/oauth/", "/static/")
+PAGE_PREFIXES = ("/dashboard", "/oauth/", "/static/", "/connect")
 LOGIN_PATH = "/dashboard/login"
 HOME_PATH = "/dashboard/integrations"
 

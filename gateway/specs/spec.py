@@ -19,7 +19,18 @@ NAME = r"^[a-z][a-z0-9-]{0,62}$"  # no "_": GATEWAY_<NAME>_* maps "_" back to "-
 ENDPOINT_NAME = r"^[a-z][a-z0-9_]{0,62}$"
 # Names the /v1 routes use for themselves; no integration may take them.
 RESERVED_NAMES = frozenset(
-    {"integrations", "runs", "queues", "waitpoints", "tools", "approvals", "connections", "callbacks"}
+    {
+        "integrations",
+        "runs",
+        "queues",
+        "waitpoints",
+        "tools",
+        "approvals",
+        "connections",
+        "callbacks",
+        "connect",
+        "end_users",
+    }
 )
 PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 # RFC 9110's token: what a header name may be made of.

@@ -55,6 +55,12 @@ def _missing(end_user: EndUser, details: dict[str, Any]) -> bool:
     return any(value is not None and getattr(end_user, name) is None for name, value in details.items())
 
 
+def by_id(engine: Engine, end_user_id: int) -> EndUser | None:
+    with engine.connect() as c:
+        row = c.execute(select(EndUser.__table__).where(EndUser.id == end_user_id)).first()
+    return from_row(EndUser, row._mapping) if row else None
+
+
 def known(engine: Engine, user_id: int, external_id: str) -> EndUser | None:
     """The end user if they exist (cached), without making one: what a queued call or a lookup uses."""
     cache = caches.of(engine).end_users
@@ -99,6 +105,15 @@ def search(engine: Engine, user_id: int, query: str | None = None, limit: int = 
     return [from_row(EndUser, r._mapping) for r in rows]
 
 
+def external_ids(engine: Engine, ids: set[int]) -> dict[int, str]:
+    """The owner's ids for these end users."""
+    if not ids:
+        return {}
+    with engine.connect() as c:
+        rows = c.execute(select(EndUser.id, EndUser.external_id).where(EndUser.id.in_(sorted(ids)))).all()
+    return {int(i): str(e) for i, e in rows}
+
+
 def connection_counts(engine: Engine, end_user_ids: list[int]) -> dict[int, int]:
     if not end_user_ids:
         return {}
@@ -119,15 +134,19 @@ def delete_all(engine: Engine, end_user: EndUser) -> None:
         # Queued calls not started yet would run with no connection and no payload: they end here.
         c.execute(
             update(Run)
-            .where(Run.user_id == end_user.user_id, Run.end_user_id == end_user.id, Run.status == "pending")
+            .where(Run.user_id == end_user.user_id, Run.end_user_id == end_user.external_id, Run.status == "pending")
             .values(status="cancelled", ended_at=utcnow(), error_code="cancelled", http_status=None)
         )
         c.execute(delete(ConnectSession).where(ConnectSession.end_user_id == end_user.id))
         c.execute(delete(Connection).where(Connection.end_user_id == end_user.id))
-        c.execute(delete(Waitpoint).where(Waitpoint.end_user_id == end_user.id))
+        c.execute(
+            delete(Waitpoint).where(
+                Waitpoint.user_id == end_user.user_id, Waitpoint.end_user_id == end_user.external_id
+            )
+        )
         c.execute(
             update(Run)
-            .where(Run.user_id == end_user.user_id, Run.end_user_id == end_user.id)
+            .where(Run.user_id == end_user.user_id, Run.end_user_id == end_user.external_id)
             .values(request=None, result=None, callback_url=None)
         )
         c.execute(delete(EndUser).where(EndUser.id == end_user.id))

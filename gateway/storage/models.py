@@ -135,6 +135,11 @@ class ConnectSession(SQLModel, table=True):
     integrations: list[str] | None = Field(default=None, sa_column=Column(JSON))
     redirect_url: str | None = None
     allowed_origins: list[str] | None = Field(default=None, sa_column=Column(JSON))
+    # The name of the owner's app, shown on the connect page ("Acme wants to use your GitHub").
+    app_name: str | None = Field(default=None, max_length=100)
+    # SHA-256 of the browser binding the first opening of the link set (a cookie): the link then
+    # works in that browser only.
+    browser: str | None = Field(default=None, max_length=64)
     created_at: dt.datetime = Field(default_factory=utcnow)
     expires_at: dt.datetime = Field(index=True)
 

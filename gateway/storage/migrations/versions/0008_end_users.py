@@ -53,6 +53,8 @@ def upgrade() -> None:
         sa.Column("integrations", sa.JSON(), nullable=True),
         sa.Column("redirect_url", sqlmodel.sql.sqltypes.AutoString(), nullable=True),
         sa.Column("allowed_origins", sa.JSON(), nullable=True),
+        sa.Column("app_name", sqlmodel.sql.sqltypes.AutoString(length=100), nullable=True),
+        sa.Column("browser", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=True),
         sa.Column("created_at", sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
         sa.Column("expires_at", sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
         sa.ForeignKeyConstraint(["user_id"], ["users.id"]),

@@ -1,0 +1,17 @@
+// The hosted connect page, once an account is connected: opened as a popup by /static/connect.js,
+// it tells its opener (only on an origin the connect session allows) and closes.
+(function () {
+  "use strict";
+  var node = document.getElementById("connect-result");
+  if (!node || !window.opener) return;
+  var origins = (node.getAttribute("data-origins") || "").split(" ").filter(Boolean);
+  if (!origins.length) return;
+  var result;
+  try { result = JSON.parse(node.getAttribute("data-result")); } catch (e) { return; }
+  var message = { type: "gateway.connect", status: result.status, connection_id: result.connection_id, integration: result.integration };
+  origins.forEach(function (origin) {
+    // postMessage delivers only when the opener is on `origin`: the others are dropped by the browser.
+    try { window.opener.postMessage(message, origin); } catch (e) { /* a malformed origin: skip it */ }
+  });
+  window.close();
+})();
