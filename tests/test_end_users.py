@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 
+import httpx
 import pytest
 
 from gateway.storage import end_users
@@ -147,3 +148,46 @@ def test_an_idempotency_key_replays_only_for_the_same_end_user(gateway: Gateway,
     assert call("alice").headers["idempotent-replayed"] == "true"
     other = call("bob")
     assert other.status_code == 422 and other.json()["error"] == "idempotency_mismatch"
+
+
+def test_an_end_users_missing_connection_links_to_their_own_connect_page(gateway: Gateway, provider) -> None:
+    owner = gateway.user()
+    secret = gateway.key(owner)
+    gateway.connect(owner, provider, account="owner-login")
+    status, body = login(gateway, secret, **{"X-End-User-Id": "dana"})
+    assert status == 403 and body["error"] == "integration_not_connected"
+    # A fresh connect link for dana and GitHub: no dashboard, no login.
+    assert body["action_url"].startswith(f"{gateway.settings.public_url}/connect?token=cs_")
+    page = httpx.Client(base_url=gateway.url, follow_redirects=True)
+    shown = page.get(body["action_url"].replace(gateway.settings.public_url, gateway.url))
+    assert shown.status_code == 200 and "Connect GitHub" in shown.text and "Slack" not in shown.text
+    page.close()
+    # The owner's own missing connection still points at the dashboard.
+    other = gateway.user()
+    status, body = login(gateway, gateway.key(other))
+    assert status == 403 and "/dashboard/integrations/github" in body["action_url"]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_an_mcp_client_bound_to_an_end_user_sees_only_their_connections(
+    gateway: Gateway, provider, anyio_backend: str
+) -> None:
+    owner = gateway.user()
+    secret = gateway.key(owner)
+    gateway.connect(owner, provider, account="owner-login")
+    gateway.connect(owner, provider, account="alice-login", end_user="alice")
+    from tests.test_mcp import mcp_client_with
+
+    async with mcp_client_with(gateway, {"Authorization": f"Bearer {secret}", "X-End-User-Id": "alice"}) as client:
+        me = await client.call_tool("github_get_authenticated_user", {})
+        listed = await client.call_tool("list_integrations", {})
+    assert me.structured_content["data"]["login"] == "alice-login"
+    github = next(i for i in listed.structured_content["integrations"] if i["integration"] == "github")
+    assert github["status"] == "connected" and github["account"] == "alice-login"
+    # Bound by the /mcp URL instead of a header; a new end user has nothing connected.
+    async with mcp_client_with(gateway, {"Authorization": f"Bearer {secret}"}, "?end_user_id=erin") as client:
+        refused = await client.call_tool("github_get_authenticated_user", {})
+        offered = await client.call_tool("connect_integration", {"integration": "github"})
+    assert refused.is_error and "integration_not_connected" in refused.content[0].text
+    assert offered.structured_content["action_url"].startswith(f"{gateway.settings.public_url}/connect?token=cs_")

@@ -41,8 +41,17 @@ def anyio_backend() -> str:
 
 @contextlib.asynccontextmanager
 async def mcp_client(gateway: Gateway, secret: str, mode: str = "auto") -> AsyncIterator[Client]:
-    http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {secret}"}, timeout=httpx2.Timeout(30, read=60))
-    async with http, Client(streamable_http_client(f"{gateway.url}/mcp", http_client=http), mode=mode) as client:
+    async with mcp_client_with(gateway, {"Authorization": f"Bearer {secret}"}, mode=mode) as client:
+        yield client
+
+
+@contextlib.asynccontextmanager
+async def mcp_client_with(
+    gateway: Gateway, headers: dict[str, str], query: str = "", mode: str = "auto"
+) -> AsyncIterator[Client]:
+    """The SDK's client with these headers on every request, at /mcp plus `query`."""
+    http = httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(30, read=60))
+    async with http, Client(streamable_http_client(f"{gateway.url}/mcp{query}", http_client=http), mode=mode) as client:
         yield client
 
 

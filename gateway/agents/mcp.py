@@ -29,8 +29,8 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from gateway.agents.results import call_result, error_result, tool_result
-from gateway.core import limits, links, tools, waitpoints
-from gateway.core.callers import api_key
+from gateway.core import callers, connect_sessions, limits, links, tools, waitpoints
+from gateway.core.callers import OWNER, Acting, api_key
 from gateway.core.connect import not_set_up
 from gateway.core.runtime import Services
 from gateway.core.submit import Submission, submit
@@ -154,6 +154,9 @@ class Caller:
     services: Services
     key: ApiKey
     request_id: str | None
+    # The end user this MCP client is bound to (X-End-User-Id, or ?end_user_id= on the /mcp URL):
+    # its tools call with that end user's connections only.
+    acting: Acting = OWNER
 
     @classmethod
     def of(cls, ctx: ServerRequestContext[Any, Any]) -> Caller:
@@ -161,7 +164,11 @@ class Caller:
         if not isinstance(request, Request):
             raise RuntimeError("the MCP server only serves HTTP requests that came through McpEndpoint")
         state = request.state
-        return cls(request.app.state.services, state.api_key, getattr(state, "request_id", None))
+        return cls(request.app.state.services, state.api_key, getattr(state, "request_id", None), state.acting)
+
+    @property
+    def end_user_key(self) -> int | None:
+        return self.acting.end_user.id if self.acting.end_user is not None else None
 
 
 MetaTool = Callable[[Caller, dict[str, Any], ServerRequestContext[Any, Any]], Awaitable[dict[str, Any]]]
@@ -206,7 +213,14 @@ class McpEndpoint:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope, receive)
         # Raised before the SDK answers, so the app's handlers give the usual JSON error.
-        request.state.api_key = await api_key(request.app.state.services, request)
+        services = request.app.state.services
+        request.state.api_key = key = await api_key(services, request)
+        named = request.headers.get(callers.END_USER_HEADER) or request.query_params.get("end_user_id")
+        bound = {callers.END_USER_HEADER: named} if named is not None else {}
+        connection_id = request.headers.get(callers.CONNECTION_HEADER)
+        if connection_id is not None:
+            bound[callers.CONNECTION_HEADER] = connection_id
+        request.state.acting = await callers.acting(services, key, bound)
         if self.manager is None:
             raise ServiceUnavailable("The MCP server is not running.")
         await self.manager.handle_request(scope, receive, send)
@@ -241,7 +255,9 @@ class McpEndpoint:
             if endpoint is None:
                 raise NotFound(f"There is no tool named '{params.name}'. Call search_tools to find one.")
             submission = submission_of(caller.services.settings, arguments, params.meta)
-            result = await submit(caller.services, caller.key, endpoint.integration.name, endpoint.name, submission)
+            result = await submit(
+                caller.services, caller.key, endpoint.integration.name, endpoint.name, submission, caller.acting
+            )
         except GatewayError as exc:
             integration = endpoint.integration.name if endpoint else arguments.get("integration")
             return error_result(exc, caller.request_id, integration if isinstance(integration, str) else None)
@@ -262,28 +278,40 @@ class McpEndpoint:
         self, caller: Caller, arguments: dict[str, Any], ctx: ServerRequestContext[Any, Any]
     ) -> dict[str, Any]:
         services = caller.services
-        held = {
-            c.integration: c for c in await services.db.run_unsettled(connections.list_for_user, caller.key.user_id)
-        }
-        listed = [
-            connection_view(services.settings, integration, held.get(integration.name))
-            for integration in services.registry
-            if keys.allows(caller.key, integration.name)
-        ]
+        mine = await services.db.run_unsettled(connections.list_for, caller.key.user_id, caller.end_user_key)
+        listed = []
+        for integration in services.registry:
+            if not keys.allows(caller.key, integration.name):
+                continue
+            held = connections.choose([c for c in mine if c.integration == integration.name])
+            described = connection_view(services.settings, integration, held)
+            if "action_url" in described and caller.acting.end_user is not None and held is None:
+                described["action_url"] = await self._end_user_link(caller, integration)
+            listed.append(described)
         return {"integrations": listed}
+
+    async def _end_user_link(self, caller: Caller, integration: Integration) -> str:
+        assert caller.acting.end_user is not None
+        return await connect_sessions.link_for(caller.services, caller.key, caller.acting.end_user, integration.name)
 
     async def _connect_integration(
         self, caller: Caller, arguments: dict[str, Any], ctx: ServerRequestContext[Any, Any]
     ) -> dict[str, Any]:
         services, integration = caller.services, self._connectable(caller, arguments["integration"])
         connection = await self._connection(caller, integration)
-        # One more connection than the plan allows is refused here too, not only in the dashboard.
-        plan = await services.plans.of(services.db, caller.key.user_id)
-        await services.db.run(limits.ensure_can_connect, services.settings, plan, caller.key.user_id, integration.name)
         described = connection_view(services.settings, integration, connection)
-        described["action_url"] = links.integration(
-            services.settings, integration.name, reconnect=connection is not None
-        )
+        if caller.acting.end_user is not None:
+            # The end user's own connect page; the owner's plan limit counts the owner's connections.
+            described["action_url"] = await self._end_user_link(caller, integration)
+        else:
+            # One more connection than the plan allows is refused here too, not only in the dashboard.
+            plan = await services.plans.of(services.db, caller.key.user_id)
+            await services.db.run(
+                limits.ensure_can_connect, services.settings, plan, caller.key.user_id, integration.name
+            )
+            described["action_url"] = links.integration(
+                services.settings, integration.name, reconnect=connection is not None
+            )
         described["next_step"] = (
             f"Ask the person to open action_url to connect {integration.display_name}, then call "
             f"wait_for_connection with {json.dumps({'integration': integration.name})}."
@@ -301,7 +329,9 @@ class McpEndpoint:
         # Waits in steps, with a progress notification between them; `since` keeps one start for all.
         while (left := timeout - (time.monotonic() - started)) > 0:
             step = min(PROGRESS_EVERY, left)
-            if await waitpoints.wait_for_connection(services.db, user_id, integration.name, step, since=since):
+            if await waitpoints.wait_for_connection(
+                services.db, user_id, integration.name, step, since=since, end_user=caller.acting.end_user
+            ):
                 return {
                     "completed": True,
                     **connection_view(services.settings, integration, await self._connection(caller, integration)),
@@ -320,7 +350,9 @@ class McpEndpoint:
         return waited
 
     async def _connection(self, caller: Caller, integration: Integration) -> Connection | None:
-        return await caller.services.db.run_unsettled(connections.get, caller.key.user_id, integration.name)
+        return await caller.services.db.run_unsettled(
+            connections.get, caller.key.user_id, integration.name, caller.end_user_key
+        )
 
     async def _search_tools(
         self, caller: Caller, arguments: dict[str, Any], ctx: ServerRequestContext[Any, Any]

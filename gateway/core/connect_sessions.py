@@ -20,7 +20,7 @@ from gateway.core.runtime import Services
 from gateway.errors import BadRequest, ScopeNotAllowed
 from gateway.settings import Settings
 from gateway.storage import connect_sessions, end_users, keys
-from gateway.storage.models import ApiKey, ConnectSession, utcnow
+from gateway.storage.models import ApiKey, ConnectSession, EndUser, utcnow
 
 MAX_ORIGINS = 20
 MAX_URL = 2000
@@ -162,3 +162,20 @@ def allowed(services: Services, session: ConnectSession, key: ApiKey | None) -> 
         return []
     chosen = set(session.integrations) if session.integrations is not None else set(names)
     return [name for name in names if name in chosen and keys.allows(key, name)]
+
+
+async def link_for(services: Services, key: ApiKey, end_user: EndUser, integration: str) -> str:
+    """A fresh connect link for this end user and integration: where an `integration_not_connected`
+    or `token_expired` for an end user sends them (their own page, never the owner's dashboard)."""
+    token = connect_sessions.generate()
+    expires_at = utcnow() + dt.timedelta(seconds=services.settings.connect_session_ttl_seconds)
+    await services.db.run_unsettled(
+        connect_sessions.create,
+        token,
+        user_id=key.user_id,
+        end_user_id=end_user.id,
+        api_key_id=key.id,
+        expires_at=expires_at,
+        integrations=[integration],
+    )
+    return connect_url(services.settings, token)

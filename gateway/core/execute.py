@@ -12,7 +12,7 @@ from typing import Any
 
 from sqlalchemy.exc import DBAPIError
 
-from gateway.core import approvals, limits, links, waitpoints
+from gateway.core import approvals, connect_sessions, limits, links, waitpoints
 from gateway.core.connect import not_set_up
 from gateway.core.runtime import Services
 from gateway.core.tokens import is_expired
@@ -292,6 +292,11 @@ async def _execute(services: Services, key: ApiKey, record: RunRecord, params: A
         if isinstance(exc, (IntegrationNotConnected, TokenExpired)) and not isinstance(exc, IntegrationNotSetUp):
             # Something an agent can wait on while its person fixes the connection.
             try:
+                if record.end_user_id is not None:
+                    # An end user fixes it on their own connect page, not in the owner's dashboard.
+                    end_user = await services.db.run_unsettled(end_users.known, key.user_id, record.end_user_id)
+                    if end_user is not None:
+                        exc.action_url = await connect_sessions.link_for(services, key, end_user, record.integration)
                 waitpoint = await services.db.run_unsettled(
                     waitpoints.connection_waitpoint, key.user_id, record.integration, record.end_user_id
                 )

@@ -21,7 +21,7 @@ from sqlalchemy.exc import IntegrityError
 
 from gateway.errors import BadRequest
 from gateway.storage import keys
-from gateway.storage.models import ApiKey, Waitpoint, new_id, utcnow
+from gateway.storage.models import ApiKey, EndUser, Waitpoint, new_id, utcnow
 
 if TYPE_CHECKING:
     from gateway.core.runtime import Services
@@ -381,19 +381,26 @@ async def wait(database: Database, waitpoint: Waitpoint, seconds: float) -> Wait
 
 
 async def wait_for_connection(
-    database: Database, user_id: int, integration: str, seconds: float, since: dt.datetime | None = None
+    database: Database,
+    user_id: int,
+    integration: str,
+    seconds: float,
+    since: dt.datetime | None = None,
+    end_user: EndUser | None = None,
 ) -> dict[str, Any] | None:
-    """Waits for this person to (re)connect an integration after `since` (default: now).
+    """Waits for this person (or their end user) to (re)connect an integration after `since` (default: now).
 
     Returns the connection waitpoint's output, or None when `seconds` ran out first.
     """
     from gateway.storage import connections
 
     since = since or utcnow()
-    current = await database.run_unsettled(connections.get, user_id, integration)
+    end_user_key = end_user.id if end_user is not None else None
+    external_id = end_user.external_id if end_user is not None else None
+    current = await database.run_unsettled(connections.get, user_id, integration, end_user_key)
     if current is not None and current.status == "connected" and current.connected_at >= since:
         return {"integration": integration, "connected_at": current.connected_at.isoformat()}
-    waitpoint = await database.run_unsettled(connection_waitpoint, user_id, integration)
+    waitpoint = await database.run_unsettled(connection_waitpoint, user_id, integration, external_id)
     ended = await wait(database, waitpoint, seconds)
     return ended.output if ended.status == "COMPLETED" else None
 
