@@ -191,3 +191,43 @@ async def test_an_mcp_client_bound_to_an_end_user_sees_only_their_connections(
         offered = await client.call_tool("connect_integration", {"integration": "github"})
     assert refused.is_error and "integration_not_connected" in refused.content[0].text
     assert offered.structured_content["action_url"].startswith(f"{gateway.settings.public_url}/connect?token=cs_")
+
+
+def test_runs_and_waitpoints_are_listed_per_end_user(gateway: Gateway, provider) -> None:
+    owner = gateway.user()
+    secret = gateway.key(owner)
+    auth = {"Authorization": f"Bearer {secret}"}
+    gateway.connect(owner, provider, account="owner-login")
+    gateway.connect(owner, provider, account="alice-login", end_user="alice")
+    gateway.connect(owner, provider, account="bob-login", end_user="bob")
+    ids = {}
+    for who in ("alice", "bob", None):
+        headers = {**auth, **({"X-End-User-Id": who} if who else {})}
+        made = gateway.http.post("/v1/github/get_authenticated_user", json={"params": {}}, headers=headers)
+        ids[who] = made.headers["x-run-id"]
+        gateway.run(ids[who])
+
+    def listed(**headers: str) -> list[str]:
+        return [r["id"] for r in gateway.http.get("/v1/runs", headers={**auth, **headers}).json()["runs"]]
+
+    assert set(listed()) == set(ids.values())
+    assert listed(**{"X-End-User-Id": "alice"}) == [ids["alice"]]
+    only_bob = gateway.http.get("/v1/runs?end_user_id=bob", headers=auth).json()["runs"]
+    assert [(r["id"], r["end_user_id"]) for r in only_bob] == [(ids["bob"], "bob")]
+    assert only_bob[0]["connection_id"].startswith("conn_")
+    # Acting for alice, bob's run is not there, by list or by id.
+    assert gateway.http.get("/v1/runs?end_user_id=bob", headers={**auth, "X-End-User-Id": "alice"}).status_code == 400
+    assert gateway.http.get(f"/v1/runs/{ids['bob']}", headers={**auth, "X-End-User-Id": "alice"}).status_code == 404
+    # Keys that act for one side only see only that side's runs.
+    owner_only = {"Authorization": f"Bearer {gateway.key(owner, acts_for='owner')}"}
+    assert [r["id"] for r in gateway.http.get("/v1/runs", headers=owner_only).json()["runs"]] == [ids[None]]
+    assert gateway.http.get(f"/v1/runs/{ids['alice']}", headers=owner_only).status_code == 404
+    end_users_only = {"Authorization": f"Bearer {gateway.key(owner, acts_for='end_users')}"}
+    seen = {r["id"] for r in gateway.http.get("/v1/runs", headers=end_users_only).json()["runs"]}
+    assert seen == {ids["alice"], ids["bob"]}
+
+    made = gateway.http.post("/v1/waitpoints", json={"timeout": "1h"}, headers={**auth, "X-End-User-Id": "alice"})
+    assert made.status_code == 200, made.text
+    mine = gateway.http.get("/v1/waitpoints", headers={**auth, "X-End-User-Id": "alice"}).json()["data"]
+    assert [(w["id"], w["endUserId"]) for w in mine] == [(made.json()["id"], "alice")]
+    assert gateway.http.get("/v1/waitpoints?end_user_id=bob", headers=auth).json()["data"] == []

@@ -7,7 +7,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway.api.parsing import query_limit, query_list, query_time
-from gateway.core import callbacks, views
+from gateway.core import callbacks, callers, views
 from gateway.core.callers import api_key
 from gateway.core.runtime import Services
 from gateway.errors import BadRequest, NotFound
@@ -21,10 +21,11 @@ def _services(request: Request) -> Services:
     return request.app.state.services
 
 
-async def _run(services: Services, key: ApiKey, run_id: str) -> Run:
+async def _run(services: Services, key: ApiKey, run_id: str, request: Request | None = None) -> Run:
     # Database.run settles first: this process's answered calls show, even before their commit.
     run = await services.db.run(runs.get, run_id, key.user_id)
-    if run is None or not keys.sees(key, run):
+    acting = _end_user_filter(request, key) if request is not None else None
+    if run is None or not keys.sees(key, run) or (acting is not None and run.end_user_id != acting):
         raise NotFound("There is no such run.")
     return run
 
@@ -34,6 +35,7 @@ async def list_runs(request: Request) -> Response:
     key = await api_key(services, request)
     q = request.query_params
     limit = query_limit(request, 20, MAX_LIMIT)
+    end_user_id = _end_user_filter(request, key)
     found = await services.db.run(
         runs.search,
         runs.RunFilter(
@@ -46,6 +48,7 @@ async def list_runs(request: Request) -> Response:
             since=query_time(request, "from"),
             until=query_time(request, "to"),
             before_id=q.get("cursor"),
+            end_user_id=end_user_id,
             limit=limit + 1,
         ),
     )
@@ -54,16 +57,32 @@ async def list_runs(request: Request) -> Response:
     return JSONResponse({"runs": [views.run_view(services.box, r) for r in page], "next_cursor": next_cursor})
 
 
+def _end_user_filter(request: Request, key: ApiKey) -> str | None:
+    """An end user's runs only: named by ?end_user_id=, or by the X-End-User-Id the request acts for
+    (then a different ?end_user_id= is refused: a request acting for one end user sees no other's)."""
+    named = request.query_params.get("end_user_id") if request.url.path == "/v1/runs" else None
+    acting = request.headers.get(callers.END_USER_HEADER)
+    for value, name in ((named, "end_user_id"), (acting, "X-End-User-Id")):
+        if value is not None:
+            callers.check_end_user_id(value, name)
+    if acting is not None:
+        callers.may_act_for(key, acting)
+        if named is not None and named != acting:
+            raise BadRequest("'end_user_id' names another end user than X-End-User-Id.")
+    return acting if acting is not None else named
+
+
 async def show_run(request: Request) -> Response:
     services = _services(request)
     key = await api_key(services, request)
-    return JSONResponse(views.run_view(services.box, await _run(services, key, request.path_params["run_id"])))
+    run = await _run(services, key, request.path_params["run_id"], request)
+    return JSONResponse(views.run_view(services.box, run))
 
 
 async def cancel_run(request: Request) -> Response:
     services = _services(request)
     key = await api_key(services, request)
-    run_id = (await _run(services, key, request.path_params["run_id"])).id
+    run_id = (await _run(services, key, request.path_params["run_id"], request)).id
     if await services.db.run(runs.cancel, run_id, key.user_id):
         for hook in services.run_finished_hooks:
             cancelled = await services.db.run(runs.get, run_id, key.user_id)

@@ -11,7 +11,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway.api.parsing import json_object, json_or_empty, query_limit, query_list, query_time
-from gateway.core import views, waitpoints
+from gateway.core import callers, views, waitpoints
 from gateway.core.callers import api_key, bearer
 from gateway.core.runtime import Services
 from gateway.errors import BadRequest, NotFound, Unauthorized
@@ -82,10 +82,12 @@ async def create(request: Request) -> Response:
         not isinstance(idempotency_key, str) or not 1 <= len(idempotency_key) <= 255 or CONTROL.search(idempotency_key)
     ):
         raise BadRequest("'idempotencyKey' must be a string of 1-255 characters, without control characters.")
+    end_user = await callers.end_user(services, key, request.headers.get(callers.END_USER_HEADER))
     waitpoint, cached = await services.db.run_unsettled(
         waitpoints.create,
         user_id=key.user_id,
         api_key_id=key.id,
+        end_user_id=end_user.external_id if end_user is not None else None,
         timeout=timeout,
         idempotency_key=idempotency_key,
         idempotency_ttl=ttl,
@@ -208,6 +210,15 @@ async def list_waitpoints(request: Request) -> Response:
         raise BadRequest(f"'period' must be one of {', '.join(PERIODS)}.")
     since = utcnow() - PERIODS[period] if period else query_time(request, "from")
     limit = query_limit(request, 20, 100)
+    acting = request.headers.get(callers.END_USER_HEADER)
+    named = q.get("end_user_id")
+    for value, name in ((acting, "X-End-User-Id"), (named, "end_user_id")):
+        if value is not None:
+            callers.check_end_user_id(value, name)
+    if acting is not None:
+        callers.may_act_for(key, acting)
+        if named is not None and named != acting:
+            raise BadRequest("'end_user_id' names another end user than X-End-User-Id.")
     found = await services.db.run_unsettled(
         waitpoints.search,
         waitpoints.WaitFilter(
@@ -219,6 +230,7 @@ async def list_waitpoints(request: Request) -> Response:
             since=since,
             until=query_time(request, "to"),
             before_id=q.get("cursor"),
+            end_user_id=acting if acting is not None else named,
             limit=limit + 1,
         ),
     )

@@ -17,6 +17,8 @@ def run_view(box: Box, run: Run) -> dict[str, Any]:
         "status": run.status,
         "integration": run.integration,
         "endpoint": run.endpoint,
+        "end_user_id": run.end_user_id,
+        "connection_id": run.connection_id,
         "queue_name": run.queue_name,
         "http_status": run.http_status,
         "upstream_status": run.upstream_status,
@@ -55,6 +57,8 @@ def waitpoint_view(waitpoint: Waitpoint, with_output: bool = True) -> dict[str, 
     }
     if waitpoint.integration:
         described["integration"] = waitpoint.integration
+    if waitpoint.end_user_id is not None:
+        described["endUserId"] = waitpoint.end_user_id
     if with_output:
         described["output"] = waitpoint.output
         described["error"] = waitpoint.error

@@ -260,6 +260,8 @@ class WaitFilter:
     since: dt.datetime | None = None
     until: dt.datetime | None = None
     before_id: str | None = None
+    # The owner's id for an end user: only that end user's waitpoints.
+    end_user_id: str | None = None
     limit: int = 20
 
 
@@ -267,6 +269,8 @@ def search(engine: Engine, f: WaitFilter) -> list[Waitpoint]:
     expire_due(engine)
     owner = keys.visible(f.key, Waitpoint) if f.key is not None else Waitpoint.user_id == f.user_id
     statement = select(Waitpoint.__table__).where(owner)
+    if f.end_user_id is not None:
+        statement = statement.where(Waitpoint.end_user_id == f.end_user_id)
     if f.statuses:
         statement = statement.where(Waitpoint.status.in_(f.statuses))
     if f.idempotency_key:

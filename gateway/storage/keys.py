@@ -157,8 +157,10 @@ def touch(engine: Engine, key_id: int) -> None:
 
 
 # The one visibility rule for an API key: it sees its owner's records and, when it is limited to
-# some integrations, only theirs and those of no integration (a manual waitpoint). `allows` decides
-# for an integration, `sees` for a record in hand, `visible` in SQL; every reader for a key uses them.
+# some integrations, only theirs and those of no integration (a manual waitpoint); a key that acts
+# for its owner only sees no end user's records, one that acts for end users only none of the
+# owner's own. `allows` decides for an integration, `sees` for a record in hand, `visible` in SQL;
+# every reader for a key uses them.
 
 
 def allows(key: ApiKey, integration: str | None) -> bool:
@@ -166,15 +168,23 @@ def allows(key: ApiKey, integration: str | None) -> bool:
 
 
 def sees(key: ApiKey, record: Run | Waitpoint) -> bool:
+    if key.acts_for == "owner" and record.end_user_id is not None:
+        return False
+    if key.acts_for == "end_users" and record.end_user_id is None:
+        return False
     return record.user_id == key.user_id and allows(key, record.integration)
 
 
 def visible(key: ApiKey, model: type[Run] | type[Waitpoint]) -> ColumnElement[bool]:
     """`sees` as a WHERE term, for the queries that list or count records for a key."""
-    owner = model.user_id == key.user_id
-    if key.integrations is None:
-        return owner
-    return and_(owner, or_(model.integration.is_(None), model.integration.in_(key.integrations)))
+    terms: list[ColumnElement[bool]] = [model.user_id == key.user_id]
+    if key.integrations is not None:
+        terms.append(or_(model.integration.is_(None), model.integration.in_(key.integrations)))
+    if key.acts_for == "owner":
+        terms.append(model.end_user_id.is_(None))
+    elif key.acts_for == "end_users":
+        terms.append(model.end_user_id.is_not(None))
+    return terms[0] if len(terms) == 1 else and_(*terms)
 
 
 def revoke(engine: Engine, key_id: int, user_id: int | None = None) -> bool:

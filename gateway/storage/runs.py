@@ -340,6 +340,8 @@ class RunFilter:
     until: dt.datetime | None = None
     before_id: str | None = None
     run_id: str | None = None
+    # The owner's id for an end user: only that end user's runs.
+    end_user_id: str | None = None
     limit: int = 50
 
 
@@ -353,6 +355,8 @@ def search(engine: Engine, f: RunFilter, columns: list[Any] | None = None) -> li
         statement = statement.where(Run.endpoint == f.endpoint)
     if f.queue:
         statement = statement.where(Run.queue_name == f.queue)
+    if f.end_user_id is not None:
+        statement = statement.where(Run.end_user_id == f.end_user_id)
     if f.statuses:
         statement = statement.where(Run.status.in_(f.statuses))
     if f.api_key_id is not None:
