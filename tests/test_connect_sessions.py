@@ -271,3 +271,23 @@ def test_the_end_users_api_lists_renames_and_deletes(gateway: Gateway, provider)
     with gateway.engine.connect() as c:
         rows = c.execute(select(Run.__table__).where(Run.end_user_id == "alice")).all()
     assert rows and all(r.request is None and r.result is None for r in rows)
+
+
+def test_checking_a_connection_proves_it_works_or_marks_it(gateway: Gateway, provider) -> None:
+    owner = gateway.user()
+    auth = {"Authorization": f"Bearer {gateway.key(owner)}"}
+    alice = gateway.connect(owner, provider, account="alice-login", end_user="alice")
+    checked = gateway.http.post(f"/v1/connections/{alice.public_id}/check", headers=auth)
+    assert checked.status_code == 200, checked.text
+    body = checked.json()
+    assert body["status"] == "connected" and body["check"]["ok"] is True and body["check"]["upstream_status"] == 200
+    [sent] = provider.api_requests()
+    assert sent.path == "/api/user"
+    assert gateway.run(body["check"]["run_id"]).end_user_id == "alice"
+
+    provider.always_401 = True  # the provider now refuses the token, refreshed or not
+    body = gateway.http.post(f"/v1/connections/{alice.public_id}/check", headers=auth).json()
+    assert body["check"]["ok"] is False and body["check"]["error"] == "token_expired"
+    assert body["status"] == "needs_reconnect"
+    listed = gateway.http.get("/v1/connections?status=needs_reconnect", headers=auth).json()["connections"]
+    assert [c["id"] for c in listed] == [alice.public_id]

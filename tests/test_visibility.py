@@ -33,8 +33,8 @@ from starlette.routing import Route
 from gateway.app import create_app
 from gateway.core import approvals
 from gateway.settings import Settings
-from gateway.storage import keys
-from gateway.storage.models import Run, Waitpoint
+from gateway.storage import end_users, keys
+from gateway.storage.models import Connection, Run, Waitpoint
 from tests.conftest import Gateway
 from tests.servers import ServerThread
 from tests.test_mcp import mcp_client
@@ -162,6 +162,20 @@ def is_integration(record: Record) -> bool:
 
 def nothing(record: Record) -> bool:
     return False
+
+
+def is_end_user(record: Record) -> bool:
+    return record.kind == "end_user"
+
+
+def hidden(viewer: Viewer, record: Record) -> bool:
+    return not viewer.sees(record)
+
+
+def connection_id(walk: Walk, record: Record) -> str:
+    """A connection record's public id (the record's id is its account, which answers show)."""
+    with walk.gateway.engine.connect() as c:
+        return c.execute(select(Connection.public_id).where(Connection.account == record.id)).scalar_one()
 
 
 def always(viewer: Viewer, record: Record) -> bool:
@@ -347,7 +361,70 @@ READERS: list[Reader] = [
         "integration",
         refusal="scope_not_allowed",
     ),
-    # Last: these change what they may touch.
+    Reader(
+        "list connections",
+        ("GET /v1/connections",),
+        lambda w, v, _: w.get(v, "/v1/connections"),
+        shows=lambda r: r.kind == "connection",
+    ),
+    Reader(
+        "show a connection",
+        ("GET /v1/connections/{connection_id}",),
+        lambda w, v, r: w.get(v, f"/v1/connections/{connection_id(w, r)}"),
+        "connection",
+        shows=lambda r: r.kind == "connection",
+    ),
+    Reader("list end users", ("GET /v1/end_users",), lambda w, v, _: w.get(v, "/v1/end_users"), shows=is_end_user),
+    Reader(
+        "show an end user",
+        ("GET /v1/end_users/{end_user_id:path}",),
+        lambda w, v, r: w.get(v, f"/v1/end_users/{r.id}"),
+        "end_user",
+        shows=is_end_user,
+    ),
+    # Last: these change what they may touch (those that would change a record of the viewer's own
+    # are only tried on records it may not see).
+    Reader(
+        "check a connection",
+        ("POST /v1/connections/{connection_id}/check",),
+        lambda w, v, r: w.post(v, f"/v1/connections/{connection_id(w, r)}/check"),
+        "connection",
+        applies=hidden,
+    ),
+    Reader(
+        "change a connection",
+        ("PATCH /v1/connections/{connection_id}",),
+        lambda w, v, r: http_answer(
+            w.gateway.http.patch(f"/v1/connections/{connection_id(w, r)}", json={"label": "x"}, headers=w.headers(v))
+        ),
+        "connection",
+        applies=hidden,
+    ),
+    Reader(
+        "delete a connection",
+        ("DELETE /v1/connections/{connection_id}",),
+        lambda w, v, r: http_answer(
+            w.gateway.http.delete(f"/v1/connections/{connection_id(w, r)}", headers=w.headers(v))
+        ),
+        "connection",
+        applies=hidden,
+    ),
+    Reader(
+        "rename an end user",
+        ("PATCH /v1/end_users/{end_user_id:path}",),
+        lambda w, v, r: http_answer(
+            w.gateway.http.patch(f"/v1/end_users/{r.id}", json={"display_name": "x"}, headers=w.headers(v))
+        ),
+        "end_user",
+        applies=hidden,
+    ),
+    Reader(
+        "delete an end user",
+        ("DELETE /v1/end_users/{end_user_id:path}",),
+        lambda w, v, r: http_answer(w.gateway.http.delete(f"/v1/end_users/{r.id}", headers=w.headers(v))),
+        "end_user",
+        applies=hidden,
+    ),
     Reader(
         "cancel a run",
         ("POST /v1/runs/{run_id}/cancel",),
@@ -376,6 +453,7 @@ READERS: list[Reader] = [
 # Routes under /v1 that no API key reads through, and why.
 NOT_KEY_READERS = {
     "POST /v1/waitpoints/{waitpoint_id}/callback/{token}": "authorised by the signed URL alone, never by a key",
+    "POST /v1/connect/sessions": "makes a session for one of the key owner's own end users; it reads nothing",
 }
 
 
@@ -470,6 +548,10 @@ def setup_person(gateway: Gateway, provider, callbacks: str) -> Setup:  # type: 
         account = marker(f"account-{name}")
         gw.connect(person, provider, name, account)
         records.append(Record("connection", account, name))
+    # An end user of this person's, with nothing connected: every key of the person's sees them.
+    end_user = marker("end-user")
+    end_users.resolve(gw.engine, person, end_user)
+    records.append(Record("end_user", end_user, None))
     full = gw.key(person, name="full")
     approver = gw.key(person, name="approver", require_approval=True)
     narrowed_key, narrowed = keys.create(gw.engine, person, name="narrowed")

@@ -16,11 +16,13 @@ from starlette.routing import Route
 from gateway.api.parsing import json_object, query_limit
 from gateway.core import callers, connect_sessions
 from gateway.core import connect as oauth
+from gateway.core.execute import execute
 from gateway.core.runtime import Services
 from gateway.core.views import iso
-from gateway.errors import BadRequest, NotFound, ScopeNotAllowed
+from gateway.errors import BadRequest, GatewayError, NotFound, ScopeNotAllowed
 from gateway.storage import connections, end_users, keys
 from gateway.storage.models import ApiKey, Connection, EndUser
+from gateway.storage.runs import RunRecord
 
 MAX_LIMIT = 100
 STATUSES = ("connected", "needs_reconnect", "error")
@@ -272,6 +274,33 @@ async def update_connection(request: Request) -> Response:
     return JSONResponse(connection_view(changed, end_user_id, default is not None and default.id == changed.id))
 
 
+async def check_connection(request: Request) -> Response:
+    """Proves the connection still works with its spec's cheap read (`auth.verify`), as a real call:
+    counted, recorded as a run, refreshed and retried once on 401. A refusal updates its status."""
+    services = _services(request)
+    key = await callers.api_key(services, request)
+    found, end_user_id = await _connection(services, key, request.path_params["connection_id"])
+    integration = services.registry.get(found.integration)
+    verify = getattr(integration.spec.auth, "verify", None) if integration is not None else None
+    if integration is None or verify is None:
+        raise BadRequest(f"{found.integration} names no check in its spec (auth.verify), so it cannot be checked.")
+    record = RunRecord.for_call(key, integration.name, verify.endpoint, end_user_id, found.public_id)
+    checked: dict[str, Any]
+    try:
+        result = await execute(services, key, record, dict(verify.params))
+        checked = {"ok": result.http_status < 400, "upstream_status": result.body.get("status")}
+    except GatewayError as exc:
+        checked = {"ok": False, "error": exc.code, "message": exc.message}
+    checked["run_id"] = record.id
+    current = await services.db.run(connections.by_public_id, key.user_id, found.public_id)
+    if current is None:
+        raise NotFound("There is no connection with that id.")
+    siblings = await services.db.run(connections.list_for, current.user_id, current.end_user_id, current.integration)
+    default = connections.choose(siblings)
+    view = connection_view(current, end_user_id, default is not None and default.id == current.id)
+    return JSONResponse({**view, "check": checked})
+
+
 async def delete_connection(request: Request) -> Response:
     services = _services(request)
     key = await callers.api_key(services, request)
@@ -294,4 +323,5 @@ routes = [
     Route("/v1/connections/{connection_id}", show_connection, methods=["GET"]),
     Route("/v1/connections/{connection_id}", update_connection, methods=["PATCH"]),
     Route("/v1/connections/{connection_id}", delete_connection, methods=["DELETE"]),
+    Route("/v1/connections/{connection_id}/check", check_connection, methods=["POST"]),
 ]

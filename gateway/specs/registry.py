@@ -20,6 +20,7 @@ from gateway.specs.spec import (
     CompiledEndpoint,
     Endpoint,
     Integration,
+    OAuth2Auth,
     Spec,
     SpecError,
     VerifyCall,
@@ -90,7 +91,7 @@ def compile_spec(spec: Spec, source: Path) -> Integration:
                 (n, p.name or n, p.location, p.explode) for n, p in endpoint.params.items() if p.location != "path"
             ),
         )
-    if isinstance(spec.auth, ApiKeyAuth) and spec.auth.verify is not None:
+    if isinstance(spec.auth, (ApiKeyAuth, OAuth2Auth)) and spec.auth.verify is not None:
         _check_verify(integration, spec.auth.verify, source)
     return integration
 

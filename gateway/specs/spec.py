@@ -97,10 +97,18 @@ class OAuth2Auth(Strict):
     token_response_fields: list[str] = []
     account: AccountLookup | None = None
     lookups: list[ConnectionLookup] = []
+    # The cheap read that proves a connection still works (POST /v1/connections/{id}/check).
+    verify: VerifyCall | None = None
+
+    @field_validator("verify", mode="before")
+    @classmethod
+    def _endpoint_name(cls, value: Any) -> Any:
+        return {"endpoint": value} if isinstance(value, str) else value
 
 
 class VerifyCall(Strict):
-    """The cheap read a pasted key must pass before it is stored: one of the spec's read-only endpoints."""
+    """The cheap read a pasted key must pass before it is stored, and that checks a connection:
+    one of the spec's read-only endpoints."""
 
     endpoint: str
     params: dict[str, Any] = {}
