@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -210,7 +211,8 @@ def test_every_api_route_is_in_the_document(gateway: Gateway) -> None:
     document = gateway.http.get("/openapi.json").json()
     declared: set[tuple[str, str]] = set()
     for route in gateway.app.routes:
-        path = getattr(route, "path", "")
+        # A path convertor other than the integration's is documented as a plain parameter.
+        path = re.sub(r"\{(\w+):path\}", r"{\1}", getattr(route, "path", ""))
         if not path.startswith("/v1/"):
             continue
         for method in getattr(route, "methods", None) or ():

@@ -11,6 +11,8 @@ import json
 import re
 from typing import Any
 
+from gateway.api.openapi_end_users import SCHEMAS as END_USER_SCHEMAS
+from gateway.api.openapi_end_users import end_user_paths
 from gateway.api.openapi_routes import own_paths
 from gateway.api.openapi_schemas import JSON, SCHEMAS, answer, error_responses, ref
 from gateway.core import callbacks
@@ -232,8 +234,8 @@ CALL_RESPONSES = call_responses()
 
 
 def openapi_document(services: Services) -> dict[str, Any]:
-    paths: dict[str, Any] = own_paths([i.name for i in services.registry])
-    schemas = dict(SCHEMAS)
+    paths: dict[str, Any] = {**own_paths([i.name for i in services.registry]), **end_user_paths()}
+    schemas = {**SCHEMAS, **END_USER_SCHEMAS}
     for integration in services.registry:
         paths[f"/v1/{integration.name}"] = {
             "get": {
