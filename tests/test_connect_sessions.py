@@ -291,3 +291,50 @@ def test_checking_a_connection_proves_it_works_or_marks_it(gateway: Gateway, pro
     assert body["status"] == "needs_reconnect"
     listed = gateway.http.get("/v1/connections?status=needs_reconnect", headers=auth).json()["connections"]
     assert [c["id"] for c in listed] == [alice.public_id]
+
+
+def test_the_plans_limits_per_end_user(public_gateway: Gateway, provider) -> None:
+    from gateway.core.plans import load
+    from tests.test_limits import set_plan
+
+    gw = public_gateway
+    owner = gw.user()
+    services = gw.app.state.services
+    services.plans.plans["embed"] = load(None)["free"].model_copy(
+        update={"name": "embed", "end_user_connections": 1, "end_user_daily_calls": 2}
+    )
+    set_plan(gw, owner, "embed")
+    secret = gw.key(owner)
+    gw.connect(owner, provider, account="alice-login", end_user="alice")
+    gw.connect(owner, provider, account="bob-login", end_user="bob")
+
+    def call(end_user: str) -> httpx.Response:
+        return gw.http.post(
+            "/v1/github/get_authenticated_user",
+            json={"params": {}},
+            headers={"Authorization": f"Bearer {secret}", "X-End-User-Id": end_user},
+        )
+
+    first = call("alice")
+    # The tightest limit that applies is reported: alice's 2 a day, not the account's 5,000.
+    assert first.status_code == 200 and first.headers["x-ratelimit-limit"] == "2"
+    assert first.headers["x-ratelimit-remaining"] == "1"
+    assert call("alice").status_code == 200
+    refused = call("alice")
+    assert refused.status_code == 429 and refused.json()["error"] == "daily_limit_reached"
+    assert "per end user" in refused.json()["message"]
+    assert call("bob").status_code == 200  # each end user has their own
+
+    # One connection per end user: alice cannot add a second account, but may reconnect hers.
+    browser = EndUserBrowser(gw)
+    browser.open(session(gw, secret, integrations=["github"]).json()["connect_url"])
+    more = browser.press("github")
+    assert more.status_code == 403 and "1 connections per end user" in html.unescape(more.text)
+    [alice] = gw.http.get("/v1/connections?end_user_id=alice", headers={"Authorization": f"Bearer {secret}"}).json()[
+        "connections"
+    ]
+    again = browser.press("github", connection=alice["id"])
+    assert again.status_code == 303
+    back = browser.http.get(browser.consent(again.headers["location"], user="alice-login"))
+    assert back.headers["location"] == f"/connect/done?connection={alice['id']}"
+    browser.close()

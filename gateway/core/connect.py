@@ -199,19 +199,24 @@ async def complete(
     code = params.get("code")
     if not code:
         raise ConnectError(f"{name} sent no authorization code back. Nothing was connected; try again.")
-    if row.end_user_id is None:
-        # The plan's connection limit is the owner's own connections' (an end user's are not counted).
-        await services.db.run(_check_plan, services, integration, row.user_id)
+    # Checked again on the way back: another connect may have filled the plan meanwhile.
+    await services.db.run(_check_plan, services, integration, row)
     token = await _exchange(services, integration, row, code)
     connection = await _save(services, integration, row, token)
     return connection, row.next_path
 
 
-def _check_plan(engine: Engine, services: Services, integration: Integration, user_id: int) -> None:
-    """Checked again on the way back: another connect may have filled the plan meanwhile."""
-    plan = services.plans.for_user(engine, user_id)
+def _check_plan(engine: Engine, services: Services, integration: Integration, row: OAuthState) -> None:
+    """The account's own connections count against `max_connections`, an end user's against the
+    plan's limit per end user."""
+    plan = services.plans.for_user(engine, row.user_id)
     try:
-        limits.ensure_can_connect(engine, services.settings, plan, user_id, integration.name)
+        if row.end_user_id is None:
+            limits.ensure_can_connect(engine, services.settings, plan, row.user_id, integration.name)
+        else:
+            limits.ensure_end_user_can_connect(
+                engine, services.settings, plan, row.user_id, row.end_user_id, row.connection_id is not None
+            )
     except PlanLimitReached as exc:
         raise ConnectError(exc.message, 403) from None
 

@@ -232,7 +232,7 @@ async def admit(
     counts it, and a key that needs the person's approval holds it (the second value is then what the
     caller gets back, and the run waits for the decision)."""
     plan = await services.plans.of(services.db, key.user_id)
-    usage = await limits.reserve(services.batcher, services.settings, key, plan)
+    usage = await limits.reserve(services.batcher, services.settings, key, plan, end_user_id=record.end_user_key)
     if approvals.needed(key, endpoint):
         held = await services.db.run_unsettled(
             lambda _engine: approvals.hold(services, key, endpoint, params, record, **queued)
@@ -285,7 +285,7 @@ async def _execute(services: Services, key: ApiKey, record: RunRecord, params: A
         if usage is not None:
             if record.attempts == 0:
                 # The gateway turned the call away before the upstream saw it: it does not count.
-                limits.refund(services.batcher, key)
+                limits.refund(services.batcher, usage)
                 usage.remaining = None if usage.remaining is None else usage.remaining + 1
             for name, value in usage.headers().items():
                 exc.headers.setdefault(name, value)

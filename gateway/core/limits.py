@@ -36,6 +36,8 @@ class Usage:
     reset: dt.datetime
     # A queued call's place in its queue, counted in the transaction that stored it.
     in_queue: int | None = None
+    # The subjects this call was counted against: what a refund gives back.
+    counted: list[str] = dataclasses.field(default_factory=list)
 
     def headers(self) -> dict[str, str]:
         if self.limit is None:
@@ -69,19 +71,37 @@ def key_subject(key_id: int | None) -> str:
     return f"key:{key_id}"
 
 
-def _subjects(key: ApiKey, plan: Plan) -> list[tuple[str, int | None]]:
+def end_user_subject(end_user_id: int) -> str:
+    return f"end_user:{end_user_id}"
+
+
+def _subjects(key: ApiKey, plan: Plan, end_user_id: int | None = None) -> list[tuple[str, int | None]]:
     # A person's calls are always counted (the usage page shows them); a key's only when it has a
-    # limit of its own, which saves a write on every call of most keys.
+    # limit of its own, and an end user's only when the plan limits them: each saves a write on
+    # every call that has none.
     subjects: list[tuple[str, int | None]] = [(user_subject(key.user_id), plan.daily_calls)]
     if key.daily_limit is not None:
         subjects.append((key_subject(key.id), key.daily_limit))
+    if end_user_id is not None and plan.end_user_daily_calls is not None:
+        subjects.append((end_user_subject(end_user_id), plan.end_user_daily_calls))
     return subjects
 
 
-async def reserve(batcher: Batcher, settings: Settings, key: ApiKey, plan: Plan, queued: Queued | None = None) -> Usage:
-    """Counts one call against the person's and the key's limits, or raises daily_limit_reached.
-    With `queued`, the queued call's row is stored with its count, or not at all."""
-    subjects = _subjects(key, plan)
+WHO = {"user": "This account's plan", "key": "This API key", "end_user": "This account's plan, per end user,"}
+
+
+async def reserve(
+    batcher: Batcher,
+    settings: Settings,
+    key: ApiKey,
+    plan: Plan,
+    queued: Queued | None = None,
+    end_user_id: int | None = None,
+) -> Usage:
+    """Counts one call against the person's, the key's and the end user's limits, or raises
+    daily_limit_reached naming the limit. With `queued`, the queued call's row is stored with its
+    count, or not at all."""
+    subjects = _subjects(key, plan, end_user_id)
     place = None
     if queued is None:
         counted = await batcher.counted(subjects, today())
@@ -90,7 +110,7 @@ async def reserve(batcher: Batcher, settings: Settings, key: ApiKey, plan: Plan,
     if isinstance(counted, int):
         subject, limit = subjects[counted]
         reset = next_reset()
-        who = "This account's plan" if subject.startswith("user:") else "This API key"
+        who = WHO[subject.split(":", 1)[0]]
         raise DailyLimitReached(
             f"{who} allows {limit} calls per UTC day, all used; the count resets at {reset.isoformat()}.",
             action_url=links.usage(settings),
@@ -105,16 +125,18 @@ async def reserve(batcher: Batcher, settings: Settings, key: ApiKey, plan: Plan,
         [(limit, limit - count) for (_, limit), count in zip(subjects, counted, strict=True) if limit is not None]
     )
     usage.in_queue = place
+    usage.counted = [subject for subject, _ in subjects]
     return usage
 
 
-def refund(batcher: Batcher, key: ApiKey) -> None:
-    """Gives a counted call back (the gateway turned it away); written with the next batch."""
-    batcher.refund([user_subject(key.user_id), key_subject(key.id)], today())
+def refund(batcher: Batcher, usage: Usage) -> None:
+    """Gives a counted call back (the gateway turned it away) to exactly the subjects it was counted
+    against; written with the next batch."""
+    batcher.refund(usage.counted, today())
 
 
-def current(engine: Engine, key: ApiKey, plan: Plan) -> Usage:
-    subjects = _subjects(key, plan)
+def current(engine: Engine, key: ApiKey, plan: Plan, end_user_id: int | None = None) -> Usage:
+    subjects = _subjects(key, plan, end_user_id)
     with engine.connect() as c:
         counts = dict(
             c.execute(
@@ -143,9 +165,25 @@ def _tightest(remaining: list[tuple[int, int]]) -> Usage:
     return Usage(limit=limit, remaining=left, reset=next_reset())
 
 
-def connections_used(engine: Engine, user_id: int) -> int:
+def connections_used(engine: Engine, user_id: int, end_user_id: int | None = None) -> int:
+    """The account's own connections, or one end user's."""
+    owned = Connection.end_user_id.is_(None) if end_user_id is None else Connection.end_user_id == end_user_id
     with engine.connect() as c:
-        return int(c.execute(select(func.count()).where(Connection.user_id == user_id)).scalar_one())
+        return int(c.execute(select(func.count()).where(Connection.user_id == user_id, owned)).scalar_one())
+
+
+def ensure_end_user_can_connect(
+    engine: Engine, settings: Settings, plan: Plan, user_id: int, end_user_id: int, reconnecting: bool
+) -> None:
+    """One more connection must fit the plan's limit per end user; reconnecting one is always allowed."""
+    if plan.end_user_connections is None or reconnecting:
+        return
+    if connections_used(engine, user_id, end_user_id) >= plan.end_user_connections:
+        raise PlanLimitReached(
+            f"This account's plan allows {plan.end_user_connections} connections per end user, and this end user "
+            "has them all: remove one (or reconnect an existing one) first.",
+            action_url=links.usage(settings),
+        )
 
 
 def ensure_can_connect(engine: Engine, settings: Settings, plan: Plan, user_id: int, integration: str) -> None:
@@ -154,7 +192,11 @@ def ensure_can_connect(engine: Engine, settings: Settings, plan: Plan, user_id: 
         return
     with engine.connect() as c:
         existing = c.execute(
-            select(Connection.id).where(Connection.user_id == user_id, Connection.integration == integration)
+            select(Connection.id).where(
+                Connection.user_id == user_id,
+                Connection.end_user_id.is_(None),
+                Connection.integration == integration,
+            )
         ).first()
     if existing is None and connections_used(engine, user_id) >= plan.max_connections:
         raise PlanLimitReached(

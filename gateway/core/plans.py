@@ -3,7 +3,7 @@
 Built-in plans can be replaced or extended by a YAML file (GATEWAY_PLANS_FILE):
 
     free: {max_connections: 10, daily_calls: 5000}
-    team: {max_connections: 50, daily_calls: 100000}
+    team: {max_connections: 50, daily_calls: 100000, end_user_connections: 5, end_user_daily_calls: 1000}
     unlimited: {max_connections: null, daily_calls: null}
 """
 
@@ -29,8 +29,13 @@ class Plan(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = ""
+    # The account's own connections (an end user's are counted per end user, below).
     max_connections: int | None = Field(default=None, ge=0)
     daily_calls: int | None = Field(default=None, ge=0)
+    # Per end user of the account's (X-End-User-Id): their connections, and their calls per UTC day
+    # (which also count against the account's daily_calls).
+    end_user_connections: int | None = Field(default=None, ge=0)
+    end_user_daily_calls: int | None = Field(default=None, ge=0)
 
 
 BUILTIN: dict[str, Plan] = {

@@ -209,6 +209,7 @@ async def submit(
             return await _replay(services, key, existing, idempotency.fingerprint)
 
     record = RunRecord.for_call(key, integration, endpoint, acting.end_user_id, acting.connection_id)
+    record.end_user_key = acting.end_user.id if acting.end_user is not None else None
     try:
         if submission.queued:
             return await _enqueue(services, key, record, submission, idempotency)
@@ -260,7 +261,9 @@ async def _enqueue(
     plan = await services.plans.of(services.db, key.user_id)
     row = runs.queued(services.batcher, services.box, key, record=record, params=params, **queued)
     # The count and the row are one write: a call over its limit stores nothing, and no refund is owed.
-    usage = await limits.reserve(services.batcher, services.settings, key, plan, queued=row)
+    usage = await limits.reserve(
+        services.batcher, services.settings, key, plan, queued=row, end_user_id=record.end_user_key
+    )
     services.notify_queue()
     return _queued(record.id, "pending", record.queue_name, usage.in_queue or 0, usage.headers())
 

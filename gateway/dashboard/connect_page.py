@@ -25,8 +25,9 @@ from starlette.routing import Route
 
 from gateway.core import connect as oauth
 from gateway.core import connect_sessions as sessions_core
-from gateway.core import key_checks
+from gateway.core import key_checks, limits
 from gateway.dashboard.web import checked_form, cookie_name, field, redirect, render, services_of
+from gateway.errors import PlanLimitReached
 from gateway.specs.spec import ApiKeyAuth, Integration
 from gateway.storage import connect_sessions, connections, end_users, keys
 from gateway.storage.models import Connection, ConnectSession, EndUser
@@ -200,6 +201,19 @@ async def connect(request: Request) -> Response:
         fields = _fields(integration, form)
     except ValueError as exc:
         return await again(str(exc))
+    try:
+        await services.db.run(
+            lambda engine: limits.ensure_end_user_can_connect(
+                engine,
+                services.settings,
+                services.plans.for_user(engine, opened.session.user_id),
+                opened.session.user_id,
+                opened.end_user.id or 0,
+                reconnect is not None,
+            )
+        )
+    except PlanLimitReached as exc:
+        return await again(exc.message, 403)
     auth = integration.spec.auth
     if isinstance(auth, ApiKeyAuth):
         secret = field(form, "secret", 5000).strip()

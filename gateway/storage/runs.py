@@ -62,6 +62,8 @@ class RunRecord:
     keep_result: bool = False
     # Set by workers: approval and daily limits were settled when the call was queued.
     from_queue: bool = False
+    # The end user's row id, for their daily limit (not stored: the row names them by end_user_id).
+    end_user_key: int | None = None
     # The stored row once finished (stored records only); None if another worker owns it now.
     finished: Run | None = None
 
@@ -132,7 +134,9 @@ class RunRecord:
 
 
 _STORED_FIELDS = tuple(
-    f.name for f in dataclasses.fields(RunRecord) if f.name not in ("stored", "keep_result", "from_queue", "finished")
+    f.name
+    for f in dataclasses.fields(RunRecord)
+    if f.name not in ("stored", "keep_result", "from_queue", "finished", "end_user_key")
 )
 
 
