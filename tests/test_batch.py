@@ -222,7 +222,7 @@ def test_limits_reserve_refund_through_the_batch(tmp_path) -> None:  # type: ign
     async def go() -> list[object]:
         batcher = Batcher(engine)
         first = await limits.reserve(batcher, settings, key, Plan(name="p", daily_calls=10))
-        limits.refund(batcher, key)
+        limits.refund(batcher, first)
         second = await limits.reserve(batcher, settings, key, Plan(name="p", daily_calls=10))
         third = await limits.reserve(batcher, settings, key, Plan(name="p", daily_calls=10))
         try:

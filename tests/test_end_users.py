@@ -231,3 +231,41 @@ def test_runs_and_waitpoints_are_listed_per_end_user(gateway: Gateway, provider)
     mine = gateway.http.get("/v1/waitpoints", headers={**auth, "X-End-User-Id": "alice"}).json()["data"]
     assert [(w["id"], w["endUserId"]) for w in mine] == [(made.json()["id"], "alice")]
     assert gateway.http.get("/v1/waitpoints?end_user_id=bob", headers=auth).json()["data"] == []
+
+
+def test_two_end_users_queues_of_one_name_never_wait_on_each_other(gateway: Gateway, provider) -> None:
+    owner = gateway.user()
+    secret = gateway.key(owner)
+    for who in ("alice", "bob"):
+        gateway.connect(owner, provider, integration="fakeapi", account=f"{who}-login", end_user=who)
+    gate = provider.gate("record")  # holds the first call that reaches the upstream
+
+    def queue(who: str, seq: int) -> dict:
+        made = gateway.http.post(
+            "/v1/fakeapi/record",
+            json={"params": {"queue": who, "seq": seq}, "queue": "sync"},
+            headers={"Authorization": f"Bearer {secret}", "X-End-User-Id": who},
+        )
+        assert made.status_code == 202, made.text
+        return made.json()
+
+    def status(run_id: str) -> str:
+        return gateway.http.get(f"/v1/runs/{run_id}", headers={"Authorization": f"Bearer {secret}"}).json()["status"]
+
+    held = queue("alice", 0)
+    gate.wait_arrived()
+    assert held["in_queue"] == 1 and queue("alice", 1)["in_queue"] == 2
+    other = queue("bob", 0)
+    assert other["in_queue"] == 1  # bob's own queue named "sync": nothing ahead of him
+    deadline = time.monotonic() + 30
+    while status(other["id"]) != "completed":
+        assert time.monotonic() < deadline, "bob's call waited behind alice's queue"
+        time.sleep(0.05)
+    assert status(held["id"]) == "running"
+
+    def depth(who: str | None) -> int:
+        headers = {"Authorization": f"Bearer {secret}", **({"X-End-User-Id": who} if who else {})}
+        return gateway.http.get("/v1/queues/sync", headers=headers).json()["in_queue"]
+
+    assert (depth("alice"), depth("bob"), depth(None)) == (2, 0, 0)
+    gate.open()

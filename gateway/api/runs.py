@@ -99,7 +99,13 @@ async def queue_size(request: Request) -> Response:
     name = request.path_params["name"]
     if not runs.QUEUE_NAME.fullmatch(name):
         raise BadRequest("A queue name is 1-200 characters of letters, digits and . _ : -")
-    return JSONResponse({"queue_name": name, "in_queue": await services.db.run(runs.in_queue, key, name)})
+    # The queue of whom the request acts for: the owner's, or the end user's its X-End-User-Id names.
+    end_user_id = request.headers.get(callers.END_USER_HEADER)
+    if end_user_id is not None:
+        callers.check_end_user_id(end_user_id)
+    callers.may_act_for(key, end_user_id)
+    count = await services.db.run(runs.in_queue, key, name, None, end_user_id)
+    return JSONResponse({"queue_name": name, "in_queue": count})
 
 
 async def callback_secret(request: Request) -> Response:

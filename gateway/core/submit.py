@@ -269,7 +269,7 @@ async def _enqueue(
 
 
 def _in_queue(engine: Engine, key: ApiKey, run: Run) -> int:
-    return runs.in_queue(engine, key, run.queue_name or run.id, up_to=run.id)
+    return runs.in_queue(engine, key, run.queue_name or run.id, up_to=run.id, end_user_id=run.end_user_id)
 
 
 def _queued(

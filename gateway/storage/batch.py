@@ -151,9 +151,11 @@ class Statements:
             f"VALUES ({', '.join(mark for _ in self.pending_columns)})"
         )
         self.mark = mark
+        # The end user's queue (NULL: the owner's), compared null-safely as each dialect spells it.
+        same = "IS" if dialect.name == "sqlite" else "IS NOT DISTINCT FROM"
         self.position = (
             f"SELECT count(*) FROM {table.name} WHERE user_id = {mark} AND queue_name = {mark} "
-            f"AND status IN ('pending', 'running') AND id <= {mark}"
+            f"AND status IN ('pending', 'running') AND id <= {mark} AND end_user_id {same} {mark}"
         )
         day_type = DailyUsage.__table__.c.day.type  # type: ignore[attr-defined]
         self.day_processor = day_type.dialect_impl(dialect).bind_processor(dialect) or (lambda value: value)
@@ -167,7 +169,7 @@ class Statements:
     def place(self, queued: Queued) -> tuple[str, list[Any]]:
         """The statement and arguments that count a queued call's place, as the key that queued it
         sees its queue (storage.keys.visible)."""
-        args: list[Any] = [queued.user_id, queued.queue_name, queued.run_id]
+        args: list[Any] = [queued.user_id, queued.queue_name, queued.run_id, queued.end_user_id]
         if queued.integrations is None:
             return self.position, args
         marks = ", ".join(self.mark for _ in queued.integrations) or "NULL"
@@ -199,6 +201,8 @@ class Queued:
     user_id: int
     queue_name: str
     run_id: str
+    # The end user whose queue it joins (None: the owner's).
+    end_user_id: str | None
     # The integrations the key that queued it may see (None: all): its place counts only those.
     integrations: list[str] | None
     # With an Idempotency-Key, a twin may get there first: this one then fails alone.

@@ -28,7 +28,14 @@ def _claim_statement(postgresql: bool) -> Any:
     queued, other = aliased(Run, name="queued"), aliased(Run, name="other")
     # Two probes rather than one with an OR: each is a range on ix_runs_queue (user, queue, status,
     # id), so a claim costs the same however long the queue; the OR made each probe read the queue.
-    same_queue = (other.user_id == queued.user_id, other.queue_name == queued.queue_name, is_active(other.status))
+    # A queue is one owner's, or one end user's: two end users' queues of the same name never wait
+    # on each other.
+    same_queue = (
+        other.user_id == queued.user_id,
+        other.queue_name == queued.queue_name,
+        is_active(other.status),
+        other.end_user_id.is_not_distinct_from(queued.end_user_id),
+    )
     blocked = or_(
         exists().where(*same_queue, other.status == "running"),
         exists().where(*same_queue, other.status == "pending", other.id < queued.id),

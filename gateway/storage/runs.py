@@ -222,6 +222,7 @@ def queued(
         user_id=key.user_id,
         queue_name=record.queue_name or record.id,
         run_id=record.id,
+        end_user_id=record.end_user_id,
         integrations=None if key.integrations is None else list(key.integrations),
         guarded=queued.get("idempotency_key") is not None,
     )
@@ -299,15 +300,22 @@ def request_of(box: Box, run: Run) -> dict[str, Any]:
     return jsoncodec.loads_stored(box.decrypt(run.request) or "{}") if run.request else {}
 
 
-def in_queue(engine: Engine, key: ApiKey, queue_name: str, up_to: str | None = None) -> int:
-    """Calls ahead of and including `up_to` (or all) that are pending or running in one queue, of
-    those the key may see."""
+def in_queue(
+    engine: Engine, key: ApiKey, queue_name: str, up_to: str | None = None, end_user_id: str | None = None
+) -> int:
+    """Calls ahead of and including `up_to` (or all) that are pending or running in one queue (the
+    owner's, or `end_user_id`'s), of those the key may see."""
     with engine.connect() as c:
-        return int(c.execute(_in_queue(key, queue_name, up_to)).scalar_one())
+        return int(c.execute(_in_queue(key, queue_name, up_to, end_user_id)).scalar_one())
 
 
-def _in_queue(key: ApiKey, queue_name: str, up_to: str | None) -> Any:
-    statement = select(func.count()).where(keys.visible(key, Run), Run.queue_name == queue_name, is_active(Run.status))
+def _in_queue(key: ApiKey, queue_name: str, up_to: str | None, end_user_id: str | None = None) -> Any:
+    statement = select(func.count()).where(
+        keys.visible(key, Run),
+        Run.queue_name == queue_name,
+        is_active(Run.status),
+        Run.end_user_id.is_not_distinct_from(end_user_id),
+    )
     return statement if up_to is None else statement.where(Run.id <= up_to)
 
 
