@@ -338,3 +338,46 @@ def test_the_plans_limits_per_end_user(public_gateway: Gateway, provider) -> Non
     back = browser.http.get(browser.consent(again.headers["location"], user="alice-login"))
     assert back.headers["location"] == f"/connect/done?connection={alice['id']}"
     browser.close()
+
+
+def test_the_dashboard_lists_end_users_revokes_and_makes_connect_links(public_gateway: Gateway, provider) -> None:
+    from tests.test_dashboard import Browser
+
+    gw = public_gateway
+    browser = Browser(gw)
+    browser.signup()
+    owner = browser.user_id()
+    alice = gw.connect(owner, provider, account="alice-login", end_user="alice@acme")
+    gw.connect(owner, provider, account="bob-login", end_user="bob")
+    other = gw.user()
+    gw.connect(other, provider, account="stranger-login", end_user="carol")
+
+    listed = browser.get("/dashboard/end_users")
+    assert listed.status_code == 200 and "alice@acme" in listed.text and "bob" in listed.text
+    assert "carol" not in listed.text  # another account's end user
+    searched = browser.get("/dashboard/end_users?q=ALICE")
+    assert "alice@acme" in searched.text and ">bob<" not in searched.text
+    page = browser.get("/dashboard/end_users/alice%40acme")
+    assert page.status_code == 200 and "alice-login" in page.text and alice.public_id in page.text
+    assert browser.get("/dashboard/end_users/carol").status_code == 404
+
+    made = browser.post(
+        "/dashboard/end_users/alice%40acme/connect_link", {"integrations": "github", "app_name": "Acme"}
+    )
+    assert made.status_code == 200
+    link = html.unescape(re.search(r'id="connect-link">([^<]+)<', made.text).group(1))
+    assert link.startswith(f"{gw.url}/connect?token=cs_")
+    end_user = EndUserBrowser(gw)
+    end_user.open(link)
+    shown = end_user.page()
+    assert "Connect your accounts to Acme" in shown.text and "Connect another GitHub account" in shown.text
+    end_user.close()
+
+    revoked = browser.post(f"/dashboard/end_users/alice%40acme/connections/{alice.public_id}/revoke")
+    assert revoked.status_code == 303 and revoked.headers["location"].endswith("?done=revoked")
+    assert gw.box.decrypt(alice.access_token) in provider.revoked
+    assert alice.public_id not in browser.get("/dashboard/end_users/alice%40acme").text
+    # Another account's connection cannot be revoked through this end user's page.
+    [carol] = gw.http.get("/v1/connections", headers={"Authorization": f"Bearer {gw.key(other)}"}).json()["connections"]
+    assert browser.post(f"/dashboard/end_users/bob/connections/{carol['id']}/revoke").status_code == 404
+    browser.close()

@@ -156,8 +156,12 @@ async def create(services: Services, key: ApiKey, body: dict[str, Any]) -> Creat
 
 def allowed(services: Services, session: ConnectSession, key: ApiKey | None) -> list[str]:
     """The integrations the session may connect, in catalogue order: those it names, or every one
-    the key that made it may use (a key revoked since allows none)."""
+    the key that made it may use (a key revoked since allows none; a session the owner made in the
+    dashboard, with no key, is limited by what it names only)."""
     names = [i.name for i in services.registry]
+    if session.api_key_id is None:
+        chosen = set(session.integrations) if session.integrations is not None else set(names)
+        return [name for name in names if name in chosen]
     if key is None or key.revoked_at is not None:
         return []
     chosen = set(session.integrations) if session.integrations is not None else set(names)

@@ -22,6 +22,7 @@ from gateway.core import key_checks, limits
 from gateway.dashboard import accounts, connect_page
 from gateway.dashboard import approvals as approval_pages
 from gateway.dashboard import calls as call_pages
+from gateway.dashboard import end_users as end_user_pages
 from gateway.dashboard import keys as key_pages
 from gateway.dashboard import waitpoints as waitpoint_pages
 from gateway.dashboard.web import (
@@ -279,4 +280,5 @@ routes = [
     *waitpoint_pages.routes,
     Route("/dashboard/usage", usage_page, methods=["GET"]),
     *connect_page.routes,
+    *end_user_pages.routes,
 ]

@@ -113,3 +113,26 @@ def test_the_connect_page_on_a_phone(phone: Page, public_gateway: Gateway) -> No
     assert phone.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1")
     # A key integration's form is labelled and reachable.
     expect(phone.get_by_role("heading", name="OpenAI")).to_be_visible()
+
+
+def test_the_end_user_pages_of_the_dashboard(page: Page, public_gateway: Gateway, provider: ProviderState) -> None:
+    from gateway.storage import users
+    from tests.browser.test_browser_dashboard import sign_up
+
+    gw = public_gateway
+    sign_up(page, gw, "embedder@example.com")
+    user = users.by_email(gw.engine, "embedder@example.com")
+    assert user is not None and user.id is not None
+    gw.connect(user.id, provider, account="alice-login", end_user="alice")
+    page.get_by_role("link", name="End users").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("End users")
+    audit(page)
+    page.get_by_role("link", name="alice").click()
+    expect(page.locator("table")).to_contain_text("alice-login")
+    audit(page)
+    page.get_by_label("GitHub").check()
+    page.get_by_role("button", name="Create a connect link").click()
+    expect(page.locator("#connect-link")).to_contain_text("/connect?token=cs_")
+    page.get_by_role("button", name=re.compile("^Revoke")).click()
+    expect(page.get_by_role("status")).to_contain_text("revoked")
+    audit(page)
