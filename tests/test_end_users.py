@@ -59,6 +59,13 @@ def test_a_run_records_its_end_user_and_connection(gateway: Gateway, provider) -
     )
     run = gateway.run(response.headers["x-run-id"])
     assert (run.end_user_id, run.connection_id) == ("alice", connection.public_id)
+    shown = gateway.http.get(f"/v1/connections/{connection.public_id}", headers={"Authorization": f"Bearer {secret}"})
+    assert connection.last_used_at is None and shown.json()["last_used_at"] is not None
+    # Tools are listed for an end user too, but not by a key that may not act for one.
+    tools = gateway.http.get("/v1/tools", headers={"Authorization": f"Bearer {secret}", "X-End-User-Id": "alice"})
+    assert tools.status_code == 200 and tools.json()["tools"]
+    owner_only = {"Authorization": f"Bearer {gateway.key(owner, acts_for='owner')}", "X-End-User-Id": "alice"}
+    assert gateway.http.get("/v1/tools", headers=owner_only).status_code == 403
 
 
 def test_bad_end_user_ids_and_keys_that_may_not_act_for_them(gateway: Gateway, provider) -> None:

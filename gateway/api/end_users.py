@@ -87,6 +87,7 @@ def connection_view(connection: Connection, end_user_id: str | None, default: bo
         "created_at": iso(connection.created_at),
         "connected_at": iso(connection.connected_at),
         "updated_at": iso(connection.updated_at),
+        "last_used_at": iso(connection.last_used_at),
         "expires_at": iso(connection.expires_at),
         "last_error": (
             {"message": connection.last_error, "at": iso(connection.last_error_at)}

@@ -42,6 +42,7 @@ SCHEMAS: dict[str, Any] = {
             "created_at": TIME_OR_NULL,
             "connected_at": TIME_OR_NULL,
             "updated_at": TIME_OR_NULL,
+            "last_used_at": TIME_OR_NULL,
             "expires_at": TIME_OR_NULL,
             "last_error": {"type": ["object", "null"]},
             "check": {"type": "object", "description": "What a check found (POST .../check only)."},

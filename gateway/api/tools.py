@@ -6,7 +6,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from gateway.core import tools
+from gateway.core import callers, tools
 from gateway.core.callers import api_key
 from gateway.core.runtime import Services
 from gateway.errors import BadRequest
@@ -15,6 +15,12 @@ from gateway.errors import BadRequest
 async def list_tools(request: Request) -> Response:
     services: Services = request.app.state.services
     key = await api_key(services, request)
+    # The tools are the same for an end user (they do not depend on connections), but a key may not
+    # list them for whom it may not act.
+    end_user_id = request.headers.get(callers.END_USER_HEADER)
+    if end_user_id is not None:
+        callers.check_end_user_id(end_user_id)
+    callers.may_act_for(key, end_user_id)
     name = request.query_params.get("format", "mcp")
     shape = tools.FORMATS.get(name)
     if shape is None:

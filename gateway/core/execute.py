@@ -346,6 +346,10 @@ async def _save(services: Services, key: ApiKey, record: RunRecord, body: dict[s
         # When a key was last used must never fail its answer.
         with contextlib.suppress(DBAPIError, DatabaseTimeout):
             await services.db.run_unsettled(keys.touch, key.id or 0)
+    if record.attempts and record.connection_id and connections.touch_due(services.engine, record.connection_id):
+        # Nor when a connection was (the call reached its upstream with it).
+        with contextlib.suppress(DBAPIError, DatabaseTimeout):
+            await services.db.run_unsettled(connections.touch, record.connection_id)
 
 
 async def try_key(

@@ -261,6 +261,20 @@ def clear_error(engine: Engine, connection: Connection) -> None:
         )
 
 
+def touch_due(engine: Engine, public_id: str) -> bool:
+    """Whether the connection's last use is worth writing now (once per caches.TOUCH_SECONDS per process)."""
+    touched = caches.of(engine).touched
+    if touched.get(("connection", public_id)) is not None:
+        return False
+    touched.put(("connection", public_id), True)
+    return True
+
+
+def touch(engine: Engine, public_id: str) -> None:
+    with engine.begin() as c:
+        c.execute(update(Connection).where(Connection.public_id == public_id).values(last_used_at=utcnow()))
+
+
 def remove(engine: Engine, user_id: int, integration: str, end_user_id: int | None = None) -> bool:
     """Removes the default connection of the owner (or end user) for the integration."""
     found = get(engine, user_id, integration, end_user_id)

@@ -181,6 +181,8 @@ class Connection(SQLModel, table=True):
     # call succeeds again or the person reconnects.
     last_error: str | None = Field(default=None, max_length=500)
     last_error_at: dt.datetime | None = None
+    # When a call last used it, to the minute (written at most once a minute per process).
+    last_used_at: dt.datetime | None = None
 
 
 # A queued call that is not over. The partial indexes below hold only such rows (or rows with an

@@ -75,6 +75,7 @@ def upgrade() -> None:
         batch.add_column(sa.Column("end_user_id", sa.Integer(), nullable=True))
         batch.add_column(sa.Column("label", sqlmodel.sql.sqltypes.AutoString(length=200), nullable=True))
         batch.add_column(sa.Column("is_default", sa.Boolean(), nullable=False, server_default=sa.false()))
+        batch.add_column(sa.Column("last_used_at", sqlmodel.sql.sqltypes.UTCDateTime(), nullable=True))
     connections = sa.table("connections", sa.column("id", sa.Integer), sa.column("public_id", sa.String))
     bind = op.get_bind()
     for (row_id,) in bind.execute(sa.select(connections.c.id)).all():
@@ -127,6 +128,7 @@ def downgrade() -> None:
         batch.drop_constraint("fk_connections_end_user_id", type_="foreignkey")
         batch.drop_constraint("uq_connections_public_id", type_="unique")
         batch.create_unique_constraint("connections_user_id_integration_key", ["user_id", "integration"])
+        batch.drop_column("last_used_at")
         batch.drop_column("is_default")
         batch.drop_column("label")
         batch.drop_column("end_user_id")
