@@ -239,13 +239,20 @@ async def _connection(services: Services, key: ApiKey, public_id: str) -> tuple[
     return found, end_user.external_id if end_user else None
 
 
+async def _shown(services: Services, connection: Connection, end_user_id: str | None) -> dict[str, Any]:
+    """One connection as the API shows it, with whether it is its integration's default."""
+    siblings = await services.db.run(
+        connections.list_for, connection.user_id, connection.end_user_id, connection.integration
+    )
+    default = connections.choose(siblings)
+    return connection_view(connection, end_user_id, default is not None and default.id == connection.id)
+
+
 async def show_connection(request: Request) -> Response:
     services = _services(request)
     key = await callers.api_key(services, request)
     found, end_user_id = await _connection(services, key, request.path_params["connection_id"])
-    siblings = await services.db.run(connections.list_for, found.user_id, found.end_user_id, found.integration)
-    default = connections.choose(siblings)
-    return JSONResponse(connection_view(found, end_user_id, default is not None and default.id == found.id))
+    return JSONResponse(await _shown(services, found, end_user_id))
 
 
 async def update_connection(request: Request) -> Response:
@@ -270,9 +277,7 @@ async def update_connection(request: Request) -> Response:
         label=(label or "") if "label" in body else None,
         make_default=body.get("default") is True,
     )
-    siblings = await services.db.run(connections.list_for, found.user_id, found.end_user_id, found.integration)
-    default = connections.choose(siblings)
-    return JSONResponse(connection_view(changed, end_user_id, default is not None and default.id == changed.id))
+    return JSONResponse(await _shown(services, changed, end_user_id))
 
 
 async def check_connection(request: Request) -> Response:
@@ -286,6 +291,7 @@ async def check_connection(request: Request) -> Response:
     if integration is None or verify is None:
         raise BadRequest(f"{found.integration} names no check in its spec (auth.verify), so it cannot be checked.")
     record = RunRecord.for_call(key, integration.name, verify.endpoint, end_user_id, found.public_id)
+    record.end_user_key = found.end_user_id  # the end user's daily limit counts it too
     checked: dict[str, Any]
     try:
         result = await execute(services, key, record, dict(verify.params))
@@ -296,10 +302,7 @@ async def check_connection(request: Request) -> Response:
     current = await services.db.run(connections.by_public_id, key.user_id, found.public_id)
     if current is None:
         raise NotFound("There is no connection with that id.")
-    siblings = await services.db.run(connections.list_for, current.user_id, current.end_user_id, current.integration)
-    default = connections.choose(siblings)
-    view = connection_view(current, end_user_id, default is not None and default.id == current.id)
-    return JSONResponse({**view, "check": checked})
+    return JSONResponse({**await _shown(services, current, end_user_id), "check": checked})
 
 
 async def delete_connection(request: Request) -> Response:

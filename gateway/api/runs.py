@@ -61,15 +61,7 @@ def _end_user_filter(request: Request, key: ApiKey) -> str | None:
     """An end user's runs only: named by ?end_user_id=, or by the X-End-User-Id the request acts for
     (then a different ?end_user_id= is refused: a request acting for one end user sees no other's)."""
     named = request.query_params.get("end_user_id") if request.url.path == "/v1/runs" else None
-    acting = request.headers.get(callers.END_USER_HEADER)
-    for value, name in ((named, "end_user_id"), (acting, "X-End-User-Id")):
-        if value is not None:
-            callers.check_end_user_id(value, name)
-    if acting is not None:
-        callers.may_act_for(key, acting)
-        if named is not None and named != acting:
-            raise BadRequest("'end_user_id' names another end user than X-End-User-Id.")
-    return acting if acting is not None else named
+    return callers.end_user_filter(key, request.headers.get(callers.END_USER_HEADER), named)
 
 
 async def show_run(request: Request) -> Response:

@@ -210,15 +210,7 @@ async def list_waitpoints(request: Request) -> Response:
         raise BadRequest(f"'period' must be one of {', '.join(PERIODS)}.")
     since = utcnow() - PERIODS[period] if period else query_time(request, "from")
     limit = query_limit(request, 20, 100)
-    acting = request.headers.get(callers.END_USER_HEADER)
-    named = q.get("end_user_id")
-    for value, name in ((acting, "X-End-User-Id"), (named, "end_user_id")):
-        if value is not None:
-            callers.check_end_user_id(value, name)
-    if acting is not None:
-        callers.may_act_for(key, acting)
-        if named is not None and named != acting:
-            raise BadRequest("'end_user_id' names another end user than X-End-User-Id.")
+    end_user_id = callers.end_user_filter(key, request.headers.get(callers.END_USER_HEADER), q.get("end_user_id"))
     found = await services.db.run_unsettled(
         waitpoints.search,
         waitpoints.WaitFilter(
@@ -230,7 +222,7 @@ async def list_waitpoints(request: Request) -> Response:
             since=since,
             until=query_time(request, "to"),
             before_id=q.get("cursor"),
-            end_user_id=acting if acting is not None else named,
+            end_user_id=end_user_id,
             limit=limit + 1,
         ),
     )

@@ -73,6 +73,20 @@ def may_act_for(key: ApiKey, end_user_id: str | None) -> None:
         raise ScopeNotAllowed("This API key acts for its owner only: it cannot act for an end user (X-End-User-Id).")
 
 
+def end_user_filter(key: ApiKey, acting: str | None, named: str | None) -> str | None:
+    """Whose records a listing shows: the end user the request acts for (X-End-User-Id), else the
+    one `?end_user_id=` names, else everyone the key sees. A request acting for one end user sees
+    no other's, so naming another is refused."""
+    for value, name in ((acting, "X-End-User-Id"), (named, "end_user_id")):
+        if value is not None:
+            check_end_user_id(value, name)
+    if acting is not None:
+        may_act_for(key, acting)
+        if named is not None and named != acting:
+            raise BadRequest("'end_user_id' names another end user than X-End-User-Id.")
+    return acting if acting is not None else named
+
+
 async def end_user(services: Services, key: ApiKey, external_id: str | None, *, create: bool = True) -> EndUser | None:
     """The end user a request names (made on first use), or None for the key's owner; refused when
     the key may not act for them. With `create=False` an unknown end user is a 404."""

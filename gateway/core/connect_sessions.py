@@ -15,6 +15,8 @@ import datetime as dt
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
+from sqlalchemy.engine import Engine
+
 from gateway.core import callers
 from gateway.core.runtime import Services
 from gateway.errors import BadRequest, ScopeNotAllowed
@@ -140,18 +142,28 @@ async def create(services: Services, key: ApiKey, body: dict[str, Any]) -> Creat
     end_user = await services.db.run_unsettled(
         end_users.resolve, key.user_id, external_id, **{k: v for k, v in details.items() if v is not None}
     )
+    return await services.db.run_unsettled(
+        start, services.settings, user_id=key.user_id, end_user_id=end_user.id or 0, api_key_id=key.id, **values
+    )
+
+
+def start(
+    engine: Engine, settings: Settings, *, user_id: int, end_user_id: int, api_key_id: int | None, **values: Any
+) -> Created:
+    """Stores a new session (in a database thread): made by a key, or (`api_key_id` None) by the
+    owner in the dashboard."""
     token = connect_sessions.generate()
-    expires_at = utcnow() + dt.timedelta(seconds=services.settings.connect_session_ttl_seconds)
-    session = await services.db.run_unsettled(
-        connect_sessions.create,
+    expires_at = utcnow() + dt.timedelta(seconds=settings.connect_session_ttl_seconds)
+    session = connect_sessions.create(
+        engine,
         token,
-        user_id=key.user_id,
-        end_user_id=end_user.id,
-        api_key_id=key.id,
+        user_id=user_id,
+        end_user_id=end_user_id,
+        api_key_id=api_key_id,
         expires_at=expires_at,
         **values,
     )
-    return Created(token=token, session=session, connect_url=connect_url(services.settings, token))
+    return Created(token=token, session=session, connect_url=connect_url(settings, token))
 
 
 def allowed(services: Services, session: ConnectSession, key: ApiKey | None) -> list[str]:
@@ -171,15 +183,12 @@ def allowed(services: Services, session: ConnectSession, key: ApiKey | None) -> 
 async def link_for(services: Services, key: ApiKey, end_user: EndUser, integration: str) -> str:
     """A fresh connect link for this end user and integration: where an `integration_not_connected`
     or `token_expired` for an end user sends them (their own page, never the owner's dashboard)."""
-    token = connect_sessions.generate()
-    expires_at = utcnow() + dt.timedelta(seconds=services.settings.connect_session_ttl_seconds)
-    await services.db.run_unsettled(
-        connect_sessions.create,
-        token,
+    created = await services.db.run_unsettled(
+        start,
+        services.settings,
         user_id=key.user_id,
-        end_user_id=end_user.id,
+        end_user_id=end_user.id or 0,
         api_key_id=key.id,
-        expires_at=expires_at,
         integrations=[integration],
     )
-    return connect_url(services.settings, token)
+    return created.connect_url

@@ -162,7 +162,8 @@ async def open_link(request: Request) -> Response:
     return await services.db.run(bind)
 
 
-def _fields(integration: Integration, form: FormData) -> dict[str, str]:
+def connection_fields(integration: Integration, form: FormData) -> dict[str, str]:
+    """What a connect form gives for the spec's `connection_fields`, checked (a ValueError says which)."""
     values: dict[str, str] = {}
     for name, label in integration.spec.connection_fields.items():
         value = field(form, f"field_{name}", 2000).strip()
@@ -198,7 +199,7 @@ async def connect(request: Request) -> Response:
     ):
         return await again("That connection is not one of yours any more.", 409)
     try:
-        fields = _fields(integration, form)
+        fields = connection_fields(integration, form)
     except ValueError as exc:
         return await again(str(exc))
     try:

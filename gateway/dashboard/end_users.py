@@ -3,7 +3,6 @@ last error), revoke one, and make a connect link to send by hand."""
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Any
 from urllib.parse import quote
 
@@ -16,8 +15,8 @@ from starlette.routing import Route
 from gateway.core import connect as oauth
 from gateway.core import connect_sessions as sessions_core
 from gateway.dashboard.web import action, field, page, redirect, render, services_of
-from gateway.storage import connect_sessions, connections, end_users
-from gateway.storage.models import EndUser, User, utcnow
+from gateway.storage import connections, end_users
+from gateway.storage.models import EndUser, User
 
 PAGE = 50
 
@@ -96,20 +95,16 @@ def connect_link(request: Request, user: User, form: FormData) -> Response:
     picked = [v for v in form.getlist("integrations") if isinstance(v, str)]
     if any(services.registry.get(name) is None for name in picked):
         return _detail(request, user, end_user, error="Choose integrations from the list.", status=400)
-    token = connect_sessions.generate()
-    expires_at = utcnow() + dt.timedelta(seconds=services.settings.connect_session_ttl_seconds)
-    connect_sessions.create(
+    created = sessions_core.start(
         services.engine,
-        token,
+        services.settings,
         user_id=user.id or 0,
-        end_user_id=end_user.id,
+        end_user_id=end_user.id or 0,
         api_key_id=None,
-        expires_at=expires_at,
         integrations=sorted(set(picked)) or None,
         app_name=field(form, "app_name", 100).strip() or None,
     )
-    link = sessions_core.connect_url(services.settings, token)
-    return _detail(request, user, end_user, link=link, link_expires=expires_at)
+    return _detail(request, user, end_user, link=created.connect_url, link_expires=created.session.expires_at)
 
 
 routes = [

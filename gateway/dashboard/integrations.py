@@ -140,16 +140,6 @@ def setup_page(request: Request, user: User) -> Response:
     return render(request, "setup.html", context)
 
 
-def _connection_fields(integration: Integration, form: FormData) -> dict[str, str]:
-    values: dict[str, str] = {}
-    for name, label in integration.spec.connection_fields.items():
-        value = field(form, f"field_{name}", 2000).strip()
-        if not value or len(value) > 500 or CONTROL.search(value):
-            raise ValueError(f"Fill in “{label}” (up to 500 characters).")
-        values[name] = value
-    return values
-
-
 @action
 async def connect(request: Request, user: User, form: FormData) -> Response:
     services = services_of(request)
@@ -162,7 +152,7 @@ async def connect(request: Request, user: User, form: FormData) -> Response:
         )
 
     try:
-        fields = _connection_fields(integration, form)
+        fields = connect_page.connection_fields(integration, form)
     except ValueError as exc:
         return await again(str(exc), 400)
     try:
