@@ -24,6 +24,7 @@ from gateway.agents import mcp
 from gateway.api import calls as api
 from gateway.api import end_users as end_users_api
 from gateway.api import ops
+from gateway.api import proxy as proxy_api
 from gateway.api import runs as runs_api
 from gateway.api import tools as api_tools
 from gateway.api import waitpoints as waitpoints_api
@@ -222,6 +223,7 @@ def create_app(settings: Settings, registry: spec_registry.Registry | None = Non
             *runs_api.routes,
             *waitpoints_api.routes,
             *end_users_api.routes,
+            *proxy_api.routes,
             *api.routes,
             *dashboard.routes,
             Mount("/static", StaticFiles(directory=web.STATIC), name="static"),

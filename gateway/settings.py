@@ -73,6 +73,8 @@ class Settings:
     upstream_max_connections_per_host: int = 100
     upstream_total_timeout: float = 120.0
     upstream_max_response_bytes: int = 10 * 1024 * 1024
+    # The proxy streams its answers: its cap bounds a transfer, not the memory it takes.
+    proxy_max_response_bytes: int = 100 * 1024 * 1024
     signup_open: bool = True
     log_json: bool = False
     log_level: str = "INFO"
@@ -384,6 +386,7 @@ def from_env(environ: Mapping[str, str] | None = None) -> Settings:
         ),
         upstream_total_timeout=env.duration("GATEWAY_UPSTREAM_TOTAL_TIMEOUT", 120.0, minimum=0.001, maximum=DAY),
         upstream_max_response_bytes=env.integer("GATEWAY_UPSTREAM_MAX_RESPONSE_BYTES", 10 * 1024 * 1024),
+        proxy_max_response_bytes=env.integer("GATEWAY_PROXY_MAX_RESPONSE_BYTES", 100 * 1024 * 1024),
         signup_open=env.boolean("GATEWAY_SIGNUP_OPEN", True),
         log_json=env.boolean("GATEWAY_LOG_JSON", False),
         log_level=env.choice("GATEWAY_LOG_LEVEL", "INFO", LOG_LEVELS),

@@ -39,9 +39,11 @@ OWNER = Acting()
 
 
 def bearer(request: Request) -> str | None:
+    """The credential of `Authorization: Bearer ...`, or of `token ...`: the scheme GitHub's clients
+    send, so that one pointed at the proxy authenticates with its gateway key unchanged."""
     header = request.headers.get("authorization", "")
     scheme, _, value = header.partition(" ")
-    if scheme.lower() != "bearer" or not value.strip():
+    if scheme.lower() not in ("bearer", "token") or not value.strip():
         return None
     return value.strip()
 

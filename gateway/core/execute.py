@@ -30,7 +30,7 @@ from gateway.errors import (
     UpstreamTimeout,
 )
 from gateway.specs.params import validate as validate_params
-from gateway.specs.spec import ApiKeyAuth, CompiledEndpoint, OAuth2Auth
+from gateway.specs.spec import ApiKeyAuth, CompiledEndpoint, Integration, OAuth2Auth
 from gateway.storage import connections, end_users, keys, runs
 from gateway.storage.models import ApiKey, Connection, utcnow
 from gateway.storage.runs import RunRecord
@@ -59,10 +59,9 @@ class CallResult:
     headers: dict[str, str]
 
 
-async def load_connection(services: Services, key: ApiKey, endpoint: CompiledEndpoint, record: RunRecord) -> Connection:
+async def load_connection(services: Services, key: ApiKey, integration: Integration, record: RunRecord) -> Connection:
     """The connection the call uses: the one it names (X-Connection-Id), else the default of its
     owner or end user for the integration. The run records which one it was."""
-    integration = endpoint.integration
     connection = None
     end_user_key: int | None = None
     if record.end_user_id is not None:
@@ -97,10 +96,11 @@ async def load_connection(services: Services, key: ApiKey, endpoint: CompiledEnd
     return connection
 
 
-def _auth_parts(
-    services: Services, endpoint: CompiledEndpoint, connection: Connection
+def auth_parts(
+    services: Services, integration: Integration, connection: Connection
 ) -> tuple[dict[str, str], list[tuple[str, str]]]:
-    auth = endpoint.integration.spec.auth
+    """The headers and query pairs that carry the connection's credential, as the spec places it."""
+    auth = integration.spec.auth
     secret = services.tokens.access_token(connection)
     if isinstance(auth, ApiKeyAuth):
         value = auth.template.replace("{api_key}", secret)
@@ -118,7 +118,7 @@ def _base_url(services: Services, endpoint: CompiledEndpoint) -> str:
 async def _send(
     services: Services, endpoint: CompiledEndpoint, params: dict[str, Any], connection: Connection, record: RunRecord
 ) -> upstream.UpstreamResponse:
-    auth_headers, auth_query = _auth_parts(services, endpoint, connection)
+    auth_headers, auth_query = auth_parts(services, endpoint.integration, connection)
     request = upstream.build_request(
         endpoint,
         params,
@@ -142,7 +142,7 @@ async def call(
 ) -> CallResult:
     """Runs one validated call. Raises GatewayError for what the gateway itself answers."""
     integration = endpoint.integration
-    connection = await load_connection(services, key, endpoint, record)
+    connection = await load_connection(services, key, integration, record)
     oauth = isinstance(integration.spec.auth, OAuth2Auth)
     if oauth and is_expired(connection) and connection.refresh_token:
         connection = await services.tokens.refresh(integration, connection)

@@ -293,6 +293,20 @@ class Endpoint(Strict):
         return self
 
 
+class ProxySettings(Strict):
+    """What the passthrough proxy (`/v1/{integration}/proxy/...`) may not reach under the base URL."""
+
+    refused_paths: list[str] = []
+
+    @field_validator("refused_paths")
+    @classmethod
+    def _paths(cls, value: list[str]) -> list[str]:
+        for path in value:
+            if not path.startswith("/") or "//" in path or any(s in (".", "..") for s in path.split("/")):
+                raise ValueError(f"'{path}' must be an absolute path with no empty, '.' or '..' segments")
+        return value
+
+
 class Spec(Strict):
     name: str = Field(pattern=NAME)
     display_name: str
@@ -305,6 +319,7 @@ class Spec(Strict):
     endpoints: dict[str, Endpoint]
     # Fields a person enters when connecting, stored on the connection (Atlassian site id).
     connection_fields: dict[str, str] = {}
+    proxy: ProxySettings = ProxySettings()
 
     _headers = field_validator("headers")(_check_header_names)
 
@@ -316,6 +331,8 @@ class Spec(Strict):
         for name in value:
             if not re.match(ENDPOINT_NAME, name):
                 raise ValueError(f"endpoint name '{name}' must match {ENDPOINT_NAME}")
+            if name == "proxy":
+                raise ValueError("the endpoint name 'proxy' is reserved for the passthrough proxy")
         return value
 
     @field_validator("name")

@@ -49,6 +49,8 @@ class UpstreamRequest:
     form_body: dict[str, str] | None = None
     # Bytes sent as they are (a signed callback, a token request), with the headers' Content-Type.
     content: bytes | None = None
+    # A query string sent exactly as given (the proxy's caller encoded it), instead of `query`.
+    raw_query: str | None = None
 
     @property
     def url(self) -> URL:
@@ -57,6 +59,8 @@ class UpstreamRequest:
 
     @property
     def query_string(self) -> str:
+        if self.raw_query is not None:
+            return self.raw_query
         return "&".join(f"{_form_quote(k)}={_form_quote(v)}" for k, v in self.query)
 
     def encoded(self) -> tuple[dict[str, str], bytes | None]:

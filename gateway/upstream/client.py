@@ -23,10 +23,12 @@ Errors, as a tree (each message is safe to show a caller):
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import ssl
 import urllib.request
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 import aiohttp
@@ -187,6 +189,16 @@ class Client:
     async def send(self, request: UpstreamRequest, cap: int, timeout: aiohttp.ClientTimeout | None = None) -> Response:
         """Sends the request and returns the whole answer, at most `cap` bytes of headers and decoded body.
         `timeout` replaces the session's (the token endpoint has a bound of its own)."""
+        async with self.stream(request, timeout) as response:
+            return await _read(response, cap, request.origin.host)
+
+    @contextlib.asynccontextmanager
+    async def stream(
+        self, request: UpstreamRequest, timeout: aiohttp.ClientTimeout | None = None
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """Sends the request and yields the answer with its body not read yet (the proxy streams it):
+        the same egress rules, timeouts and error mapping as `send`. Reading the body inside the block
+        raises the same errors."""
         origin = request.origin
         proxy = self._route(origin)
         url = URL.build(
@@ -209,7 +221,7 @@ class Client:
                 allow_redirects=False,
                 **({"timeout": timeout} if timeout is not None else {}),
             ) as response:
-                return await _read(response, cap, host)
+                yield response
         except OutboundError:
             raise
         except EgressRefused as exc:

@@ -313,6 +313,28 @@ def create_provider(state: ProviderState) -> Starlette:
         headers = {"x-ratelimit-limit": "60", "x-ratelimit-remaining": "59", "x-internal-secret": "do-not-pass"}
         if sub == "/user":
             return JSONResponse({"login": entry["user"], "id": 1}, headers=headers)
+        if sub == "/user/repos":
+            # Two pages, linked the way GitHub links them: an absolute URL of the API's own.
+            page = int(request.query_params.get("page", "1"))
+            if page < 2:
+                base = str(request.base_url).rstrip("/")
+                headers["link"] = (
+                    f'<{base}/api/user/repos?page=2>; rel="next", <{base}/api/user/repos?page=2>; rel="last"'
+                )
+            return JSONResponse(
+                [{"id": page, "name": f"repo-{page}", "full_name": f"octocat/repo-{page}"}], headers=headers
+            )
+        if sub == "/echo":
+            # What arrived, for the proxy's tests: method, query, headers and body as received.
+            return JSONResponse(
+                {
+                    "method": request.method,
+                    "query": request.url.query,
+                    "headers": {k.lower(): v for k, v in request.headers.items()},
+                    "body": body.decode("latin-1"),
+                },
+                headers=headers,
+            )
         parts = sub.strip("/").split("/")
         if request.method == "POST" and len(parts) == 4 and parts[0] == "repos" and parts[3] == "issues":
             payload = await request.json() if body else {}
