@@ -374,6 +374,16 @@ READERS: list[Reader] = [
         "connection",
         shows=lambda r: r.kind == "connection",
     ),
+    Reader(
+        "the passthrough proxy",
+        tuple(
+            f"{m} /v1/{{integration:integration}}/proxy/{{path:path}}"
+            for m in ("GET", "POST", "PUT", "PATCH", "DELETE")
+        ),
+        lambda w, v, r: w.get(v, f"/v1/{r.id}/proxy/user"),
+        "integration",
+        refusal="scope_not_allowed",
+    ),
     Reader("list end users", ("GET /v1/end_users",), lambda w, v, _: w.get(v, "/v1/end_users"), shows=is_end_user),
     Reader(
         "show an end user",

@@ -199,7 +199,9 @@ async def list_connections(request: Request) -> Response:
     status = q.get("status")
     if status is not None and status not in STATUSES:
         raise BadRequest(f"'status' is one of {', '.join(STATUSES)}.")
-    external_id = q.get("end_user_id") or request.headers.get(callers.END_USER_HEADER)
+    external_id = q.get("end_user_id")
+    if external_id is None:
+        external_id = request.headers.get(callers.END_USER_HEADER)
     end_user = None
     if external_id is not None:
         end_user = await _named_end_user(services, key, external_id)
@@ -289,7 +291,8 @@ async def check_connection(request: Request) -> Response:
     integration = services.registry.get(found.integration)
     verify = getattr(integration.spec.auth, "verify", None) if integration is not None else None
     if integration is None or verify is None:
-        raise BadRequest(f"{found.integration} names no check in its spec (auth.verify), so it cannot be checked.")
+        # Nothing to run: the check this route stands for does not exist for this connection.
+        raise NotFound(f"{found.integration} names no check in its spec (auth.verify), so it cannot be checked.")
     record = RunRecord.for_call(key, integration.name, verify.endpoint, end_user_id, found.public_id)
     record.end_user_key = found.end_user_id  # the end user's daily limit counts it too
     checked: dict[str, Any]

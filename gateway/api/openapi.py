@@ -12,7 +12,7 @@ import re
 from typing import Any
 
 from gateway.api.openapi_end_users import SCHEMAS as END_USER_SCHEMAS
-from gateway.api.openapi_end_users import end_user_paths
+from gateway.api.openapi_end_users import end_user_paths, proxy_paths
 from gateway.api.openapi_routes import own_paths
 from gateway.api.openapi_schemas import JSON, SCHEMAS, answer, error_responses, ref
 from gateway.core import callbacks
@@ -234,9 +234,13 @@ CALL_RESPONSES = call_responses()
 
 
 def openapi_document(services: Services) -> dict[str, Any]:
-    paths: dict[str, Any] = {**own_paths([i.name for i in services.registry]), **end_user_paths()}
+    paths: dict[str, Any] = {
+        **own_paths([i.name for i in services.registry]),
+        **end_user_paths([i.name for i in services.registry]),
+    }
     schemas = {**SCHEMAS, **END_USER_SCHEMAS}
     for integration in services.registry:
+        paths.update(proxy_paths(integration.name, integration.display_name))
         paths[f"/v1/{integration.name}"] = {
             "get": {
                 "operationId": f"describe_{integration.name.replace('-', '_')}",

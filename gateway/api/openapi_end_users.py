@@ -10,11 +10,12 @@ from gateway.storage.end_users import EXTERNAL_ID
 
 END_USER_ID = {"type": "string", "pattern": EXTERNAL_ID.pattern, "minLength": 1, "maxLength": 200}
 CONNECTION = {"type": "string", "pattern": CONNECTION_ID.pattern}
-PRINTABLE = r"^[^\x00-\x1f\x7f]*\S[^\x00-\x1f\x7f]*$"
+PRINTABLE = r"^[\x21-\x7e]([\x20-\x7e]*[\x21-\x7e])?$"
 
 
 def _text(limit: int) -> dict[str, Any]:
-    return {"type": "string", "minLength": 1, "maxLength": limit, "pattern": PRINTABLE}
+    """Optional text as the routes take it (printable ASCII; null is the same as leaving it out)."""
+    return {"type": ["string", "null"], "minLength": 1, "maxLength": limit, "pattern": PRINTABLE}
 
 
 SCHEMAS: dict[str, Any] = {
@@ -50,7 +51,22 @@ SCHEMAS: dict[str, Any] = {
     ),
 }
 
-SESSION_BODY = {
+
+def session_body(integration_names: list[str]) -> dict[str, Any]:
+    body = dict(_SESSION_BODY)
+    body["properties"] = {
+        **_SESSION_BODY["properties"],
+        "integrations": {
+            "type": ["array", "null"],
+            "minItems": 1,
+            "maxItems": 200,
+            "items": {"type": "string", "enum": integration_names},
+        },
+    }
+    return body
+
+
+_SESSION_BODY: dict[str, Any] = {
     "type": "object",
     "additionalProperties": False,
     "required": ["end_user"],
@@ -61,9 +77,17 @@ SESSION_BODY = {
             "required": ["id"],
             "properties": {"id": END_USER_ID, "display_name": _text(200), "email": _text(320)},
         },
-        "integrations": {"type": "array", "minItems": 1, "maxItems": 200, "items": {"type": "string"}},
-        "redirect_url": {"type": "string", "format": "uri", "maxLength": 2000},
-        "allowed_origins": {"type": "array", "maxItems": 20, "items": {"type": "string"}},
+        "integrations": {"type": ["array", "null"], "minItems": 1, "maxItems": 200, "items": {"type": "string"}},
+        "redirect_url": {
+            "type": ["string", "null"],
+            "maxLength": 2000,
+            "pattern": r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[\x21-\x22\x24-\x7e]*)?$",
+        },
+        "allowed_origins": {
+            "type": ["array", "null"],
+            "maxItems": 20,
+            "items": {"type": "string", "pattern": r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?$"},
+        },
         "app_name": _text(100),
     },
 }
@@ -81,7 +105,7 @@ def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any
     return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
 
 
-def end_user_paths() -> dict[str, Any]:
+def end_user_paths(integration_names: list[str]) -> dict[str, Any]:
     end_user = _path("end_user_id", END_USER_ID, "Your id for the end user (percent-encode a '/').")
     connection = _path("connection_id", CONNECTION, "The connection's id.")
     one_connection = {**answer("The connection.", ref("Connection")), **error_responses(404)}
@@ -108,7 +132,7 @@ def end_user_paths() -> dict[str, Any]:
                     **error_responses(400, 403),
                 },
                 tag="End users",
-                requestBody=_json_body(SESSION_BODY),
+                requestBody=_json_body(session_body(integration_names)),
             )
         },
         "/v1/end_users": {
@@ -247,3 +271,33 @@ def end_user_paths() -> dict[str, Any]:
             )
         },
     }
+
+
+def proxy_paths(integration: str, display_name: str) -> dict[str, Any]:
+    """The passthrough proxy of one integration: the provider's own answers, undescribed here."""
+    operations = {}
+    for method in ("get", "post", "put", "patch", "delete"):
+        operations[method] = {
+            "operationId": f"proxy_{integration.replace('-', '_')}_{method}",
+            "summary": f"Forwards to {display_name}'s API at `path`, with the connection's credential; "
+            "the answer is the provider's own (docs/proxy.md).",
+            "tags": [display_name],
+            "security": [{"apiKey": []}],
+            "parameters": [
+                _path(
+                    "path",
+                    {"type": "string", "pattern": r"^[A-Za-z0-9_~-]+(/[A-Za-z0-9_~-]+)*$"},
+                    "The path under the API's base URL (any path; the pattern describes the simplest ones).",
+                ),
+            ],
+            "responses": {
+                "default": {
+                    "description": "The provider's own answer (status, headers, body); the gateway's own errors "
+                    "carry `X-Gateway-Error`.",
+                    "content": {"*/*": {"schema": {}}},
+                }
+            },
+        }
+        if method != "get" and method != "delete":
+            operations[method]["requestBody"] = {"required": False, "content": {"*/*": {"schema": {}}}}
+    return {f"/v1/{integration}/proxy/{{path}}": operations}

@@ -106,6 +106,8 @@ def target_path(integration: Integration, base_path: str, raw: str) -> str:
         raise BadRequest(
             "The proxied path holds an encoded slash, backslash or dot, a '@', a space or a control character."
         )
+    if FORBIDDEN_IN_QUERY.search(unquote(raw)):
+        raise BadRequest("The proxied path holds a space or a control character.")
     segments = raw[1:].split("/")
     if any(s in ("", ".", "..") for s in segments[:-1]) or segments[-1] in (".", ".."):
         raise BadRequest("The proxied path may not hold empty, '.' or '..' segments.")
