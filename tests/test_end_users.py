@@ -238,6 +238,10 @@ def test_runs_and_waitpoints_are_listed_per_end_user(gateway: Gateway, provider)
     mine = gateway.http.get("/v1/waitpoints", headers={**auth, "X-End-User-Id": "alice"}).json()["data"]
     assert [(w["id"], w["endUserId"]) for w in mine] == [(made.json()["id"], "alice")]
     assert gateway.http.get("/v1/waitpoints?end_user_id=bob", headers=auth).json()["data"] == []
+    # Acting for bob, alice's waitpoint is not there by id either.
+    theirs = f"/v1/waitpoints/{made.json()['id']}"
+    assert gateway.http.get(theirs, headers={**auth, "X-End-User-Id": "bob"}).status_code == 404
+    assert gateway.http.get(theirs, headers={**auth, "X-End-User-Id": "alice"}).status_code == 200
 
 
 def test_two_end_users_queues_of_one_name_never_wait_on_each_other(gateway: Gateway, provider) -> None:

@@ -45,10 +45,12 @@ def _services(request: Request) -> Services:
 
 
 async def _for_key(
-    services: Services, key: ApiKey, waitpoint_id: str, headers: dict[str, str] | None = None
+    services: Services, key: ApiKey, request: Request, waitpoint_id: str, headers: dict[str, str] | None = None
 ) -> Waitpoint:
+    """The waitpoint, if the key sees it and, acting for an end user (X-End-User-Id), it is theirs."""
+    acting = request.headers.get(callers.END_USER_HEADER)
     found = await services.db.run_unsettled(waitpoints.get, waitpoint_id, key.user_id)
-    if found is None or not keys.sees(key, found):
+    if found is None or not keys.sees(key, found) or (acting is not None and found.end_user_id != acting):
         raise NotFound("There is no such waitpoint.", headers=headers)
     return found
 
@@ -138,7 +140,7 @@ async def complete(request: Request) -> Response:
         if await services.db.run_unsettled(waitpoints.get, waitpoint_id) is None:
             raise NotFound("There is no such waitpoint.", headers=CORS)
     else:
-        await _for_key(services, await api_key(services, request), waitpoint_id, CORS)
+        await _for_key(services, await api_key(services, request), request, waitpoint_id, CORS)
     body = await json_or_empty(request, CORS)
     if not isinstance(body, dict) or set(body) - {"data"}:
         raise BadRequest('Send {"data": <any JSON>} to complete a waitpoint.', headers=CORS)
@@ -148,7 +150,7 @@ async def complete(request: Request) -> Response:
 async def cancel(request: Request) -> Response:
     """Ends a waiting manual or connection waitpoint at once; an approval ends by approving or rejecting its call."""
     services = _services(request)
-    found = await _for_key(services, await api_key(services, request), request.path_params["waitpoint_id"])
+    found = await _for_key(services, await api_key(services, request), request, request.path_params["waitpoint_id"])
     if found.status == "WAITING" and found.kind not in waitpoints.CANCELLABLE:
         raise BadRequest("An approval's waitpoint ends when its call is approved or rejected; it cannot be cancelled.")
     won = await services.db.run_unsettled(waitpoints.cancel, found.id, found.user_id, by="an API key")
@@ -174,7 +176,7 @@ def _seconds(value: str | None) -> float:
 
 async def wait(request: Request) -> Response:
     services = _services(request)
-    found = await _for_key(services, await api_key(services, request), request.path_params["waitpoint_id"])
+    found = await _for_key(services, await api_key(services, request), request, request.path_params["waitpoint_id"])
     current = await waitpoints.wait(services.db, found, _seconds(request.query_params.get("timeout")))
     if current.status == "COMPLETED":
         return JSONResponse({"ok": True, "output": current.output})
@@ -196,7 +198,7 @@ async def show(request: Request) -> Response:
     services = _services(request)
     return JSONResponse(
         views.waitpoint_view(
-            await _for_key(services, await api_key(services, request), request.path_params["waitpoint_id"])
+            await _for_key(services, await api_key(services, request), request, request.path_params["waitpoint_id"])
         )
     )
 
