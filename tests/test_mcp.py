@@ -29,7 +29,7 @@ from tests.servers import ServerThread
 
 pytestmark = pytest.mark.anyio
 
-META_TOOLS = {"list_integrations", "connect_integration", "wait_for_connection", "search_tools"}
+META_TOOLS = {"list_integrations", "connect_integration", "wait_for_connection", "search_tools", "proxy_request"}
 # "auto" settles on the 2026-07-28 protocol; "legacy" is the initialize handshake today's desktop clients use.
 MODES = pytest.mark.parametrize("mode", ["auto", "legacy"])
 

@@ -208,3 +208,27 @@ def test_a_github_sdk_pointed_at_the_proxy_works_unchanged(public_gateway: Gatew
     assert repos == ["repo-1", "repo-2"]
     assert all(r.headers["authorization"].startswith("Bearer gho_") for r in provider.api_requests())
     client.close()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_an_agent_reaches_any_path_with_the_proxy_request_tool(
+    gateway: Gateway, account, provider, anyio_backend: str
+) -> None:
+    from tests.test_mcp import mcp_client
+
+    _, secret = account
+    async with mcp_client(gateway, secret) as client:
+        me = await client.call_tool("proxy_request", {"integration": "github", "path": "/user"})
+        echoed = await client.call_tool(
+            "proxy_request",
+            {"integration": "github", "method": "POST", "path": "/echo", "query": {"q": "a b"}, "body": {"x": 1}},
+        )
+        escape = await client.call_tool("proxy_request", {"integration": "github", "path": "/../user"})
+    assert not me.is_error and me.structured_content["status"] == 200
+    assert me.structured_content["data"] == {"login": "octocat", "id": 1}
+    assert me.structured_content["headers"]["x-ratelimit-limit"] == "60" and me.structured_content["run_id"]
+    seen = echoed.structured_content["data"]
+    assert seen["method"] == "POST" and seen["query"] == "q=a+b" and json.loads(seen["body"]) == {"x": 1}
+    assert escape.is_error and "bad_request" in escape.content[0].text
+    assert [r.path for r in provider.api_requests()] == ["/api/user", "/api/echo"]

@@ -16,7 +16,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from importlib import metadata
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 import mcp_types as types
 from jsonschema import Draft202012Validator
@@ -29,17 +29,18 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from gateway.agents.results import call_result, error_result, tool_result
-from gateway.core import callers, connect_sessions, limits, links, tools, waitpoints
+from gateway.core import callers, connect_sessions, limits, links, proxy, tools, waitpoints
 from gateway.core.callers import OWNER, Acting, api_key
 from gateway.core.connect import not_set_up
 from gateway.core.runtime import Services
 from gateway.core.submit import Submission, submit
-from gateway.errors import BadRequest, GatewayError, NotFound, ServiceUnavailable
+from gateway.errors import BadRequest, GatewayError, NotFound, ServiceUnavailable, UpstreamResponseTooLarge
 from gateway.settings import Settings
 from gateway.specs.registry import Registry
 from gateway.specs.spec import CompiledEndpoint, Integration
 from gateway.storage import connections, keys
 from gateway.storage.models import ApiKey, Connection, utcnow
+from gateway.upstream.build import decode_body
 
 WAIT_DEFAULT = 60
 WAIT_MAX = 300
@@ -56,9 +57,18 @@ person the action_url (to connect or reconnect an integration), call wait_for_co
 INTEGRATION_ARG = {"type": "string", "minLength": 1, "description": "The integration's name, for example github."}
 
 
-def _meta_tool(name: str, title: str, description: str, properties: dict[str, Any], required: list[str]) -> types.Tool:
+def _meta_tool(
+    name: str,
+    title: str,
+    description: str,
+    properties: dict[str, Any],
+    required: list[str],
+    read_only: bool = True,
+) -> types.Tool:
     schema = {"type": "object", "properties": properties, "required": required, "additionalProperties": False}
-    hints = types.ToolAnnotations(title=title, read_only_hint=True, idempotent_hint=True, open_world_hint=False)
+    hints = types.ToolAnnotations(
+        title=title, read_only_hint=read_only, idempotent_hint=read_only, open_world_hint=not read_only
+    )
     return types.Tool(name=name, description=description, input_schema=schema, annotations=hints)
 
 
@@ -104,6 +114,27 @@ META_TOOLS = {
                 "limit": {"type": "integer", "minimum": 1, "maximum": 50, "default": 10},
             },
             ["query"],
+        ),
+        _meta_tool(
+            "proxy_request",
+            "Call any API path",
+            "Call any path of an integration's API with the person's connection, when no tool covers it "
+            "(for example GET /repos/{owner}/{repo}/pulls on github). Answers the provider's status, data "
+            "and rate-limit and pagination headers. Prefer a tool when one exists: tools validate their params.",
+            {
+                "integration": INTEGRATION_ARG,
+                "method": {"type": "string", "enum": list(proxy.METHODS), "default": "GET"},
+                "path": {
+                    "type": "string",
+                    "pattern": "^/",
+                    "maxLength": 2000,
+                    "description": "The path under the API's base URL, starting with '/'.",
+                },
+                "query": {"type": "object", "additionalProperties": {"type": "string"}, "description": "Query pairs."},
+                "body": {"description": "A JSON body, sent as application/json."},
+            },
+            ["integration", "path"],
+            read_only=False,
         ),
     )
 }
@@ -193,6 +224,7 @@ class McpEndpoint:
             "connect_integration": self._connect_integration,
             "wait_for_connection": self._wait_for_connection,
             "search_tools": self._search_tools,
+            "proxy_request": self._proxy_request,
         }
         self.manager: StreamableHTTPSessionManager | None = None
         self.routes = [Route("/mcp", self)]
@@ -353,6 +385,50 @@ class McpEndpoint:
         return await caller.services.db.run_unsettled(
             connections.get, caller.key.user_id, integration.name, caller.end_user_key
         )
+
+    async def _proxy_request(
+        self, caller: Caller, arguments: dict[str, Any], ctx: ServerRequestContext[Any, Any]
+    ) -> dict[str, Any]:
+        """The passthrough proxy for an agent: the answer read whole (within the call's cap) and decoded."""
+        services = caller.services
+        integration = self._integration(caller, arguments["integration"])
+        body = arguments.get("body")
+        headers = [("Content-Type", "application/json")] if body is not None else []
+        forwarded = await proxy.forward(
+            services,
+            caller.key,
+            caller.acting,
+            integration,
+            method=arguments.get("method", "GET"),
+            raw_path=quote(arguments["path"], safe="/-._~!$&'()*+,;=:"),
+            query_string=urlencode(arguments.get("query") or {}),
+            headers=headers,
+            body=json.dumps(body).encode() if body is not None else None,
+        )
+        cap = services.settings.upstream_max_response_bytes
+        chunks, size = [], 0
+        stream = forwarded.body()
+        try:
+            async for chunk in stream:
+                size += len(chunk)
+                if size > cap:
+                    raise UpstreamResponseTooLarge(
+                        f"The answer is past the {cap}-byte limit of a tool's result: narrow the request.",
+                        details={"limit_bytes": cap},
+                    )
+                chunks.append(chunk)
+        finally:
+            await stream.aclose()
+        shown = {name.lower(): value for name, value in forwarded.headers}
+        content = b"".join(chunks)
+        return {
+            "status": forwarded.status,
+            "data": decode_body(content, shown.get("content-type", "")),
+            "headers": {
+                k: v for k, v in shown.items() if k in ("content-type", "link", "retry-after") or "ratelimit" in k
+            },
+            "run_id": shown.get("x-run-id"),
+        }
 
     async def _search_tools(
         self, caller: Caller, arguments: dict[str, Any], ctx: ServerRequestContext[Any, Any]

@@ -151,7 +151,9 @@ def spec_files(folders: Iterable[Path]) -> list[Path]:
 
 
 # The MCP server's own tools; no endpoint's tool name may take them.
-META_TOOLS = frozenset({"list_integrations", "connect_integration", "wait_for_connection", "search_tools"})
+META_TOOLS = frozenset(
+    {"list_integrations", "connect_integration", "wait_for_connection", "search_tools", "proxy_request"}
+)
 # OpenAI and Anthropic accept function names of at most 64 characters.
 MAX_TOOL_NAME = 64
 
