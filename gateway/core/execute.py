@@ -115,6 +115,11 @@ def _base_url(services: Services, endpoint: CompiledEndpoint) -> str:
     return services.settings.overrides(integration.name).base_url or integration.spec.base_url
 
 
+def refuse_plain_http(services: Services, request: upstream.UpstreamRequest) -> None:
+    if request.origin.scheme != "https" and not services.settings.allow_http_upstreams:
+        raise BadRequest("The integration's base URL is not https; set GATEWAY_ALLOW_HTTP_UPSTREAMS to allow it.")
+
+
 async def _send(
     services: Services, endpoint: CompiledEndpoint, params: dict[str, Any], connection: Connection, record: RunRecord
 ) -> upstream.UpstreamResponse:
@@ -127,8 +132,7 @@ async def _send(
         auth_query=auth_query,
         connection_extra=connection.extra,
     )
-    if request.origin.scheme != "https" and not services.settings.allow_http_upstreams:
-        raise BadRequest("The integration's base URL is not https; set GATEWAY_ALLOW_HTTP_UPSTREAMS to allow it.")
+    refuse_plain_http(services, request)
     record.attempts += 1
     started = time.perf_counter()
     try:

@@ -22,6 +22,7 @@ body is held, bounded by the request size limit, for that), and recorded as a ru
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import functools
@@ -31,6 +32,7 @@ from typing import Any
 from urllib.parse import quote, unquote
 
 import aiohttp
+from sqlalchemy.exc import DBAPIError
 
 from gateway.core import execute, limits, links
 from gateway.core.callers import Acting
@@ -41,6 +43,7 @@ from gateway.errors import (
     GatewayError,
     NotFound,
     ScopeNotAllowed,
+    ServiceUnavailable,
     UpstreamResponseTooLarge,
     UpstreamTimeout,
     UpstreamUnreachable,
@@ -247,6 +250,12 @@ async def forward(
                 f"The upstream declared {declared} bytes, past the proxy's {cap}-byte limit.",
                 details={"limit_bytes": cap},
             )
+    except DBAPIError:
+        await stack.aclose()
+        raise ServiceUnavailable(
+            "The gateway's database is unreachable; nothing was sent. Retry shortly.",
+            headers={"Retry-After": "5", "X-Gateway-Error": ServiceUnavailable.code},
+        ) from None
     except GatewayError as exc:
         await stack.aclose()
         if usage is not None and record.attempts == 0:
@@ -280,6 +289,11 @@ async def forward(
                     raise ProxyBodyCut(record.error_message)
                 yield chunk
             record.finish("completed" if response.status < 400 else "failed", response.status)
+        except (GeneratorExit, asyncio.CancelledError):
+            # The caller went away mid-answer: nothing of the upstream's is to blame.
+            record.error_code, record.error_message = "client_disconnected", "the caller closed the connection"
+            record.finish("failed", 499)
+            raise
         except BaseException as exc:
             if record.error_code is None:
                 record.error_code, record.error_message = "upstream_unreachable", type(exc).__name__
@@ -321,8 +335,7 @@ async def _open(
         auth_query=auth_query,
         connection_extra=connection.extra,
     )
-    if request.origin.scheme != "https" and not services.settings.allow_http_upstreams:
-        raise BadRequest("The integration's base URL is not https; set GATEWAY_ALLOW_HTTP_UPSTREAMS to allow it.")
+    execute.refuse_plain_http(services, request)
     record.attempts += 1
     try:
         return await stack.enter_async_context(services.upstream.stream(request))  # type: ignore[attr-defined]
