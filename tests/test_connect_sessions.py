@@ -25,10 +25,18 @@ class EndUserBrowser:
 
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
-        self.http = httpx.Client(base_url=gateway.url, timeout=30, headers={"Origin": gateway.url})
+        # Our forms come from the public address, which is where a browser would have loaded them.
+        origin = gateway.settings.public_url
+        self.http = httpx.Client(base_url=gateway.url, timeout=30, headers={"Origin": origin})
 
     def open(self, connect_url: str) -> httpx.Response:
-        return self.http.get(connect_url)
+        """Opens a connect link and presses Continue, as a person does (a GET alone claims nothing)."""
+        shown = self.http.get(connect_url)
+        found = CSRF.search(shown.text)
+        if shown.status_code != 200 or 'action="/connect/open"' not in shown.text or found is None:
+            return shown
+        token = parse_qs(urlsplit(connect_url).query)["token"][0]
+        return self.http.post("/connect/open", data={"csrf_token": html.unescape(found.group(1)), "token": token})
 
     def page(self) -> httpx.Response:
         return self.http.get("/connect")
@@ -123,6 +131,10 @@ def test_a_connect_link_works_in_the_first_browser_only_and_not_after_it_expires
     gw = public_gateway
     secret = gw.key(gw.user())
     url = session(gw, secret).json()["connect_url"]
+    # A link preview fetching the URL (a GET, no Continue) claims nothing.
+    preview = httpx.get(url.replace(gw.settings.public_url, gw.url))
+    assert preview.status_code == 200 and "Continue" in preview.text
+    assert "gateway_connect" not in preview.headers.get("set-cookie", "")  # only the form's CSRF nonce
     first, second = EndUserBrowser(gw), EndUserBrowser(gw)
     assert first.open(url).status_code == 303
     assert first.open(url).status_code == 303  # the same browser again: fine

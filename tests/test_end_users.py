@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import time
 
-import httpx
 import pytest
 
 from gateway.storage import end_users
@@ -165,10 +164,13 @@ def test_an_end_users_missing_connection_links_to_their_own_connect_page(gateway
     assert status == 403 and body["error"] == "integration_not_connected"
     # A fresh connect link for dana and GitHub: no dashboard, no login.
     assert body["action_url"].startswith(f"{gateway.settings.public_url}/connect?token=cs_")
-    page = httpx.Client(base_url=gateway.url, follow_redirects=True)
-    shown = page.get(body["action_url"].replace(gateway.settings.public_url, gateway.url))
+    from tests.test_connect_sessions import EndUserBrowser
+
+    person = EndUserBrowser(gateway)
+    assert person.open(body["action_url"].replace(gateway.settings.public_url, gateway.url)).status_code == 303
+    shown = person.page()
     assert shown.status_code == 200 and "Connect GitHub" in shown.text and "Slack" not in shown.text
-    page.close()
+    person.close()
     # The owner's own missing connection still points at the dashboard.
     other = gateway.user()
     status, body = login(gateway, gateway.key(other))

@@ -1,7 +1,9 @@
 """The hosted connect page: where an owner's end user connects their own accounts, with no login.
 
-`GET /connect?token=cs_...` (the session's `connect_url`) binds the session to this browser with a
-cookie and moves to `/connect`, so the token leaves the address bar. The page lists the
+`GET /connect?token=cs_...` (the session's `connect_url`) shows a Continue button; pressing it (a
+POST, so that a link preview fetching the URL claims nothing) binds the session to this browser
+with a cookie and moves to `/connect`, so the token leaves the address bar. Opened as a popup by
+`/static/connect.js` (`&popup=1`), the binding is made at once. The page lists the
 integrations the session allows, each with the end user's connections to it; its buttons run the
 OAuth flow (state bound to this browser's binding, PKCE) or take a pasted key. Once an account is
 connected the session ends: the browser goes to the session's `redirect_url` with
@@ -131,35 +133,60 @@ async def open_link(request: Request) -> Response:
 
         return await services.db.run(show)
     popup = request.query_params.get("popup") == "1"
+    if not popup:
+        # A link sent by chat or email is often fetched first by a preview bot: a GET must not claim
+        # the session for whoever fetched it. The person presses Continue (a POST) in their browser.
+        return await services.db.run(lambda _engine: _continue_page(request, token))
+    return await services.db.run(lambda _engine: _bind(request, token, popup=True))
 
-    def bind(_engine: Any) -> Response:
-        session = connect_sessions.by_token(services.engine, token)
-        if session is None:
-            return _gone(request, "This connect link has expired or was already used. Ask the app for a new one.")
-        held = binding(request)
-        if session.browser is not None:
-            # The same browser opening its link again keeps going; any other is refused.
-            if held is None or held.token != token or not secrets.compare_digest(held.browser, session.browser):
-                return _gone(request, "This connect link was already opened in another browser.", 409)
-            secret = None
-        else:
-            secret = secrets.token_urlsafe(24)
-            if not connect_sessions.bind_browser(services.engine, session, _hash(secret)):
-                return _gone(request, "This connect link was already opened in another browser.", 409)
-        response = redirect(HOME)
-        if secret is not None:
-            seconds = max(int((session.expires_at - session.created_at).total_seconds()), 60)
-            response.set_cookie(
-                cookie_name(services.settings, COOKIE),
-                f"{token}.{secret}.{'p' if popup else 'w'}",
-                max_age=seconds,
-                httponly=True,
-                samesite="lax",
-                secure=services.settings.public_https,
-            )
-        return response
 
-    return await services.db.run(bind)
+def _continue_page(request: Request, token: str) -> Response:
+    session = connect_sessions.by_token(services_of(request).engine, token)
+    if session is None:
+        return _gone(request, "This connect link has expired or was already used. Ask the app for a new one.")
+    held = binding(request)
+    if session.browser is not None and held is not None and held.token == token:
+        return redirect(HOME)  # this browser already holds it
+    context = {"app_name": session.app_name or "This app", "token": token}
+    return render(request, "connect_continue.html", context)
+
+
+async def claim(request: Request) -> Response:
+    """`POST /connect/open`: the person's Continue binds the session to their browser."""
+    services = services_of(request)
+    form = await checked_form(request)
+    token = field(form, "token", 200)
+    return await services.db.run(lambda _engine: _bind(request, token, popup=False))
+
+
+def _bind(request: Request, token: str, *, popup: bool) -> Response:
+    """Binds the session to this browser (a cookie), or refuses when another browser holds it."""
+    services = services_of(request)
+    session = connect_sessions.by_token(services.engine, token)
+    if session is None:
+        return _gone(request, "This connect link has expired or was already used. Ask the app for a new one.")
+    held = binding(request)
+    if session.browser is not None:
+        # The same browser opening its link again keeps going; any other is refused.
+        if held is None or held.token != token or not secrets.compare_digest(held.browser, session.browser):
+            return _gone(request, "This connect link was already opened in another browser.", 409)
+        secret = None
+    else:
+        secret = secrets.token_urlsafe(24)
+        if not connect_sessions.bind_browser(services.engine, session, _hash(secret)):
+            return _gone(request, "This connect link was already opened in another browser.", 409)
+    response = redirect(HOME)
+    if secret is not None:
+        seconds = max(int((session.expires_at - session.created_at).total_seconds()), 60)
+        response.set_cookie(
+            cookie_name(services.settings, COOKIE),
+            f"{token}.{secret}.{'p' if popup else 'w'}",
+            max_age=seconds,
+            httponly=True,
+            samesite="lax",
+            secure=services.settings.public_https,
+        )
+    return response
 
 
 def connection_fields(integration: Integration, form: FormData) -> dict[str, str]:
@@ -319,6 +346,7 @@ def _quote(name: str) -> str:
 
 routes = [
     Route(HOME, open_link, methods=["GET"]),
+    Route(f"{HOME}/open", claim, methods=["POST"]),
     Route(f"{HOME}/done", done, methods=["GET"]),
     Route(HOME + "/{name}", connect, methods=["POST"]),
 ]

@@ -106,6 +106,9 @@ def test_the_connect_page_on_a_phone(phone: Page, public_gateway: Gateway) -> No
     gw = public_gateway
     connect_url = make_session(gw, gw.key(gw.user()))["connect_url"]
     phone.goto(connect_url)
+    expect(phone.get_by_role("heading", level=1)).to_have_text("Connect your accounts to Example app")
+    audit(phone)
+    phone.get_by_role("button", name="Continue").click()
     expect(phone).to_have_url(f"{gw.url}/connect")
     expect(phone.get_by_role("heading", level=1)).to_have_text("Connect your accounts to Example app")
     audit(phone)
