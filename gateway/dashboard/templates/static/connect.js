@@ -40,6 +40,8 @@
         if (event.origin !== base || event.source !== popup) return;
         var data = event.data || {};
         if (data.type !== "gateway.connect") return;
+        // Tells the popup its message arrived, so that it closes itself.
+        try { popup.postMessage({ type: "gateway.connect.ack" }, base); } catch (e) { /* it closed already */ }
         if (data.status === "connected") finish(null, { connection_id: data.connection_id, integration: data.integration });
         else finish(new Error(data.error || "The account was not connected."));
       }
