@@ -41,18 +41,11 @@ async def create_session(request: Request) -> Response:
             "token": created.token,
             "connect_url": created.connect_url,
             "expires_at": iso(created.session.expires_at),
-            "end_user": {"id": (await _end_user_by_id(services, created.session.end_user_id)).external_id},
+            "end_user": {"id": created.end_user_id},
             "integrations": created.session.integrations,
         },
         status_code=201,
     )
-
-
-async def _end_user_by_id(services: Services, end_user_id: int) -> EndUser:
-    found = await services.db.run_unsettled(end_users.by_id, end_user_id)
-    if found is None:
-        raise NotFound("There is no end user with that id.")
-    return found
 
 
 def _end_user_view(end_user: EndUser, connection_count: int | None = None) -> dict[str, Any]:

@@ -33,6 +33,8 @@ class Created:
     token: str
     session: ConnectSession
     connect_url: str
+    # The owner's id for the end user, when the caller named them (the API's answer repeats it).
+    end_user_id: str | None = None
 
 
 def connect_url(settings: Settings, token: str) -> str:
@@ -142,9 +144,10 @@ async def create(services: Services, key: ApiKey, body: dict[str, Any]) -> Creat
     end_user = await services.db.run_unsettled(
         end_users.resolve, key.user_id, external_id, **{k: v for k, v in details.items() if v is not None}
     )
-    return await services.db.run_unsettled(
+    created = await services.db.run_unsettled(
         start, services.settings, user_id=key.user_id, end_user_id=end_user.id or 0, api_key_id=key.id, **values
     )
+    return dataclasses.replace(created, end_user_id=end_user.external_id)
 
 
 def start(

@@ -18,7 +18,7 @@ import hashlib
 import re
 import secrets
 from typing import Any
-from urllib.parse import quote, urlencode, urlsplit, urlunsplit
+from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from starlette.datastructures import FormData
 from starlette.requests import Request
@@ -338,10 +338,6 @@ async def done(request: Request) -> Response:
         return response
 
     return await services.db.run(finish)
-
-
-def _quote(name: str) -> str:
-    return quote(name, safe="")
 
 
 routes = [
